@@ -1,0 +1,230 @@
+"""All SQL on the data-plane tables: schema check, inventory, counts and batched deletes.
+
+Every function takes a ``Connection`` (the caller owns the transaction) and returns typed
+objects. Statements are built with SQLAlchemy Core from the ``Table`` objects of
+``retention.tables``; no SQL text is formatted from names.
+
+Deletion order is keyset order, so a batch never rescans what earlier batches deleted:
+logs and dataset rows by ``(created, sequence_id)``; experiment rows by
+``(object_id, created, sequence_id)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from uuid import UUID
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    case,
+    delete,
+    exists,
+    false,
+    func,
+    inspect,
+    or_,
+    select,
+    true,
+    union,
+)
+
+from .errors import SchemaError
+from .models import BatchResult, Cursor, ObjectType, Resolution, TargetCounts
+from .tables import REQUIRED_COLUMNS, DataPlaneTables
+
+
+def check_schema(conn: Connection, tables: DataPlaneTables, roles: Iterable[str]) -> None:
+    """Fail closed, naming the table or column, when the data plane lacks what we need."""
+    inspector = inspect(conn)
+    for role in roles:
+        table = tables.by_role(role)
+        shown = f"{table.schema}.{table.name}" if table.schema else table.name
+        if not inspector.has_table(table.name, schema=table.schema):
+            raise SchemaError(f"database is missing table {shown!r} (the {role} table)")
+        present = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
+        for key in REQUIRED_COLUMNS[role]:
+            real = table.c[key].name
+            if real not in present:
+                raise SchemaError(f"table {shown!r} is missing column {real!r}")
+
+
+def project_ids(conn: Connection, tables: DataPlaneTables) -> set[UUID]:
+    """Every project that has a registry entry or a row in the data plane."""
+    ev, ob = tables.events, tables.objects
+    query = union(select(ob.c.project_id).distinct(), select(ev.c.project_id).distinct())
+    return {row[0] for row in conn.execute(query)}
+
+
+def rows_by_project(
+    conn: Connection, tables: DataPlaneTables, projects: Sequence[UUID]
+) -> dict[UUID, int]:
+    """Row counts of the given projects (for orphan reports)."""
+    if not projects:
+        return {}
+    ev = tables.events
+    query = (
+        select(ev.c.project_id, func.count())
+        .where(ev.c.project_id.in_(list(projects)))
+        .group_by(ev.c.project_id)
+    )
+    return {row[0]: int(row[1]) for row in conn.execute(query)}
+
+
+def _not_held(column: ColumnElement[UUID], held: frozenset[UUID]) -> ColumnElement[bool]:
+    return column.not_in(sorted(held)) if held else true()
+
+
+def _target_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bool]:
+    ev = tables.events
+    return and_(
+        ev.c.project_id == resolution.project_id,
+        ev.c.object_type == resolution.object_type.value,
+    )
+
+
+def _expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Select[tuple[UUID]]:
+    ob = tables.objects
+    assert resolution.cutoff is not None
+    return select(ob.c.object_id).where(
+        ob.c.object_type == ObjectType.EXPERIMENT.value,
+        ob.c.project_id == resolution.project_id,
+        ob.c.created < resolution.cutoff,
+        _not_held(ob.c.object_id, resolution.held_object_ids),
+    )
+
+
+def _expired_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bool]:
+    """The rows that ``resolution`` expires (nothing when it does not delete)."""
+    ev = tables.events
+    if resolution.cutoff is None:
+        return false()
+    if resolution.object_type is ObjectType.EXPERIMENT:
+        return and_(
+            _target_rows(tables, resolution),
+            ev.c.object_id.in_(_expired_experiments(tables, resolution)),
+        )
+    return and_(
+        _target_rows(tables, resolution),
+        ev.c.created < resolution.cutoff,
+        _not_held(ev.c.object_id, resolution.held_object_ids),
+    )
+
+
+def count_target(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> TargetCounts:
+    """Exact counts for one target (run inside the plan's snapshot)."""
+    ev = tables.events
+    not_held = _not_held(ev.c.object_id, resolution.held_object_ids)
+    total, oldest = conn.execute(
+        select(func.count(), func.min(case((not_held, ev.c.created)))).where(
+            _target_rows(tables, resolution)
+        )
+    ).one()
+    rows = objects = 0
+    if resolution.cutoff is not None and total:
+        rows = conn.execute(
+            select(func.count()).where(_expired_rows(tables, resolution))
+        ).scalar_one()
+    if resolution.cutoff is not None and resolution.object_type is ObjectType.EXPERIMENT:
+        expired = _expired_experiments(tables, resolution).subquery()
+        objects = conn.execute(select(func.count()).select_from(expired)).scalar_one()
+    return TargetCounts(
+        rows=int(rows), total_rows=int(total), objects=int(objects), oldest_row=oldest
+    )
+
+
+def _after(tables: DataPlaneTables, resolution: Resolution, cursor: Cursor) -> ColumnElement[bool]:
+    ev = tables.events
+    within = or_(
+        ev.c.created > cursor.created,
+        and_(ev.c.created == cursor.created, ev.c.sequence_id > cursor.sequence_id),
+    )
+    if resolution.object_type is not ObjectType.EXPERIMENT:
+        return and_(ev.c.created >= cursor.created, within)
+    assert cursor.object_id is not None
+    return and_(
+        ev.c.object_id >= cursor.object_id,
+        or_(ev.c.object_id > cursor.object_id, and_(ev.c.object_id == cursor.object_id, within)),
+    )
+
+
+def delete_batch(
+    conn: Connection,
+    tables: DataPlaneTables,
+    resolution: Resolution,
+    after: Cursor | None,
+    limit: int,
+) -> BatchResult:
+    """Delete up to ``limit`` expired rows of a target past ``after``, in keyset order."""
+    ev = tables.events
+    order = [ev.c.created, ev.c.sequence_id]
+    if resolution.object_type is ObjectType.EXPERIMENT:
+        order.insert(0, ev.c.object_id)
+    condition = _expired_rows(tables, resolution)
+    if after is not None:
+        condition = and_(condition, _after(tables, resolution, after))
+    batch = select(ev.c.sequence_id).where(condition).order_by(*order).limit(limit)
+    statement = (
+        delete(ev)
+        .where(ev.c.sequence_id.in_(batch.scalar_subquery()))
+        .returning(ev.c.object_id, ev.c.created, ev.c.sequence_id)
+    )
+    deleted = sorted(
+        conn.execute(statement).all(),
+        key=(lambda r: (r[0], r[1], r[2]))
+        if resolution.object_type is ObjectType.EXPERIMENT
+        else (lambda r: (r[1], r[2])),
+    )
+    if not deleted:
+        return BatchResult(rows=0, first=None, last=None, digest="")
+    with_object = resolution.object_type is ObjectType.EXPERIMENT
+
+    def cursor(row: Sequence[object]) -> Cursor:
+        object_id, created, sequence_id = row
+        assert isinstance(created, datetime) and isinstance(sequence_id, int)
+        return Cursor(
+            created=created,
+            sequence_id=sequence_id,
+            object_id=object_id if with_object and isinstance(object_id, UUID) else None,
+        )
+
+    return BatchResult(
+        rows=len(deleted),
+        first=cursor(deleted[0]),
+        last=cursor(deleted[-1]),
+        digest=keys_digest(int(r[2]) for r in deleted),
+    )
+
+
+def keys_digest(sequence_ids: Iterable[int]) -> str:
+    """SHA-256 over the sorted deleted keys, so a receipt can be checked against a list."""
+    digest = hashlib.sha256()
+    for key in sorted(sequence_ids):
+        digest.update(b"%d\n" % key)
+    return digest.hexdigest()
+
+
+def delete_registry_batch(
+    conn: Connection, tables: DataPlaneTables, resolution: Resolution, limit: int
+) -> int:
+    """Remove registry entries of expired experiments whose rows are all gone."""
+    ev, ob = tables.events, tables.objects
+    has_rows = exists().where(
+        ev.c.object_type == ObjectType.EXPERIMENT.value, ev.c.object_id == ob.c.object_id
+    )
+    victims = (
+        _expired_experiments(tables, resolution)
+        .where(~has_rows)
+        .order_by(ob.c.object_id)
+        .limit(limit)
+    )
+    statement = delete(ob).where(
+        ob.c.object_type == ObjectType.EXPERIMENT.value,
+        ob.c.project_id == resolution.project_id,
+        ob.c.object_id.in_(victims.scalar_subquery()),
+    )
+    return int(conn.execute(statement).rowcount)

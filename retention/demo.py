@@ -1,0 +1,228 @@
+"""A synthetic data plane in the embedded SQLite default, for ``retention demo``.
+
+Four projects with all three object types over 400 days: one with a short logs policy, one
+under a legal hold, one on the org defaults, one with an experiment policy and a held
+experiment. Everything is relative to ``now`` so the demo always has expired data.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Engine, insert
+
+from . import migrate
+from .db import make_engine, parse_database_url, translate_errors
+from .models import ObjectType, RunReport
+from .settings import Settings, load_settings
+from .tables import DataPlaneTables
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+ACME_WEB = UUID("5f0c6c1e-3d5b-4b7e-9a51-0d6f7c2b9e11")
+ACME_RESEARCH = UUID("8a1d2f3e-4b5c-4d6e-8f70-8192a3b4c5d6")
+BETA_CHAT = UUID("b3e4f5a6-b7c8-4d9e-a0f1-23456789abcd")
+GAMMA_EVAL = UUID("c0ffee00-1234-4abc-8def-0123456789ab")
+HELD_EXPERIMENT = UUID("0b7e0000-0000-4000-8000-00000000e001")
+
+PROJECTS = {
+    ACME_WEB: "acme-web",
+    ACME_RESEARCH: "acme-research",
+    BETA_CHAT: "beta-chat",
+    GAMMA_EVAL: "gamma-eval",
+}
+
+POLICY_TOML = f"""\
+# Demo policies (written by `retention demo`).
+[defaults]
+project_logs = 90
+experiment = 365
+dataset = 180
+
+[[projects]]
+id = "{ACME_WEB}"
+name = "acme-web"
+project_logs = 30
+
+[[projects]]
+id = "{GAMMA_EVAL}"
+name = "gamma-eval"
+experiment = 60
+dataset = 14
+
+[[holds]]
+project = "{ACME_RESEARCH}"
+reason = "legal matter 2026-14"
+
+[[holds]]
+project = "{GAMMA_EVAL}"
+object_type = "experiment"
+object_id = "{HELD_EXPERIMENT}"
+reason = "benchmark baseline"
+
+[safety]
+min_retention_days = 1
+"""
+
+SPAN_DAYS = 400
+
+
+@dataclass(frozen=True)
+class DemoData:
+    objects: int
+    events: int
+
+
+def _uuid(rng: random.Random) -> UUID:
+    return UUID(int=rng.getrandbits(128), version=4)
+
+
+def _objects(rng: random.Random, now: datetime) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for project, name in PROJECTS.items():
+        rows.append(
+            dict(
+                object_type="project_logs",
+                object_id=project,
+                project_id=project,
+                name=name,
+                created=now - timedelta(days=SPAN_DAYS),
+            )
+        )
+        for i in range(8):  # experiments from 10 to 395 days old
+            object_id = HELD_EXPERIMENT if (project == GAMMA_EVAL and i == 7) else _uuid(rng)
+            rows.append(
+                dict(
+                    object_type="experiment",
+                    object_id=object_id,
+                    project_id=project,
+                    name=f"{name}-exp-{i}",
+                    created=now - timedelta(days=10 + i * 55),
+                )
+            )
+        for i in range(2):
+            rows.append(
+                dict(
+                    object_type="dataset",
+                    object_id=_uuid(rng),
+                    project_id=project,
+                    name=f"{name}-ds-{i}",
+                    created=now - timedelta(days=SPAN_DAYS),
+                )
+            )
+    return rows
+
+
+def _events(
+    rng: random.Random, now: datetime, objects: list[dict[str, Any]], count: int
+) -> Iterator[dict[str, Any]]:
+    xact = 1_000_000
+    for n in range(count):
+        obj = rng.choice(objects)
+        if obj["object_type"] == ObjectType.EXPERIMENT:
+            # experiment rows are written within a day of the experiment's creation
+            created = obj["created"] + timedelta(seconds=rng.uniform(0, 86_400))
+        else:
+            created = now - timedelta(seconds=rng.uniform(0, SPAN_DAYS * 86_400))
+        xact += 1
+        yield dict(
+            object_type=obj["object_type"],
+            object_id=obj["object_id"],
+            project_id=obj["project_id"],
+            id=f"row-{n}",
+            _xact_id=xact,
+            created=min(created, now),
+            data={"input": "synthetic", "n": n},
+        )
+
+
+def seed(
+    engine: Engine, tables: DataPlaneTables, *, now: datetime, events: int, seed: int = 7
+) -> DemoData:
+    """Create the reference schema and fill it; the database must be empty."""
+    rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
+    tables.metadata.create_all(engine)
+    objects = _objects(rng, now)
+    with engine.begin() as conn:
+        conn.execute(insert(tables.objects), objects)
+        chunk: list[dict[str, Any]] = []
+        for row in _events(rng, now, objects, events):
+            chunk.append(row)
+            if len(chunk) == 10_000:
+                conn.execute(insert(tables.events), chunk)
+                chunk = []
+        if chunk:
+            conn.execute(insert(tables.events), chunk)
+    return DemoData(objects=len(objects), events=events)
+
+
+def write_policies(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.toml"):
+        old.unlink()
+    path = folder / "demo.toml"
+    path.write_text(POLICY_TOML, encoding="utf-8")
+    return path
+
+
+def reset_file(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
+        candidate = path.with_name(path.name + suffix)
+        if candidate.exists():
+            candidate.unlink()
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    database_url: str
+    policy_file: Path
+    data: DemoData
+    dry_run: RunReport
+    purge: RunReport
+
+
+def run(
+    settings: Settings, *, events: int = 120_000, seed_value: int = 7, clock: Clock | None = None
+) -> DemoRun:
+    """Seed ``<state dir>/demo.sqlite3`` from scratch, then dry-run and purge it."""
+    from . import engine as engine_module
+
+    path = settings.state_dir / "demo.sqlite3"
+    reset_file(path)
+    url = f"sqlite:///{path}"
+    policy_file = write_policies(settings.state_dir / "demo-policies")
+    now = (clock or _utc_now)()
+    demo_settings = load_settings(
+        database_url=url,
+        policy_dir=policy_file.parent,
+        state_dir=settings.state_dir,
+        batch_size=settings.batch_size,
+        now=now,  # the dry run and the purge share one pinned now
+    )
+    worker = engine_module.Worker.from_settings(demo_settings)
+    if clock is not None:
+        worker = replace(worker, clock=clock)
+    database = parse_database_url(url)
+    with translate_errors(database):
+        db_engine = make_engine(database, create=True)
+        try:
+            data = seed(
+                db_engine, worker.tables, now=worker.pinned_now(), events=events, seed=seed_value
+            )
+            migrate.upgrade(db_engine)
+        finally:
+            db_engine.dispose()
+    dry = engine_module.plan(worker)
+    done = engine_module.purge(worker, mode="demo")
+    return DemoRun(database_url=url, policy_file=policy_file, data=data, dry_run=dry, purge=done)

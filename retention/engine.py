@@ -1,0 +1,268 @@
+"""The run: load policies, plan in a snapshot, then (unless dry) purge under the lock.
+
+    plan()   policies -> read-only snapshot -> Plan           (writes nothing, takes no lock)
+    purge()  lock -> resume or start a run -> plan -> confirm -> batches -> finish the run
+
+Time and I/O are injected: ``clock`` gives the current time, the settings name the database
+and the sources give the policies, so tests control all three.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from . import dataplane, migrate, report, state
+from .db import Database, make_engine, parse_database_url, translate_errors
+from .deleter import BatchContext, purge_target
+from .errors import UsageError
+from .models import Phase, Plan, PolicySet, RunReport, RunStatus, TargetOutcome
+from .planner import build_plan, resolve_for_data_plane
+from .policy import Resolved
+from .settings import Settings
+from .sources import LocalPolicySource, PolicySource
+from .tables import DataPlaneTables, build_tables
+
+log = logging.getLogger(__name__)
+
+# A pinned `now` may lead the local clock by this much at most (clock skew between hosts).
+MAX_NOW_LEAD = timedelta(minutes=1)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """What a run needs from the outside world."""
+
+    settings: Settings
+    sources: Sequence[PolicySource]
+    clock: Callable[[], datetime] = utc_now
+    should_stop: Callable[[], bool] = field(default=lambda: False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: object) -> Worker:
+        source = LocalPolicySource(settings.policy_dir, required=settings.policy_dir_required)
+        return cls(settings=settings, sources=(source,), **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def database(self) -> Database:
+        return parse_database_url(self.settings.resolved_database_url)
+
+    @property
+    def tables(self) -> DataPlaneTables:
+        s = self.settings
+        return build_tables(
+            events=s.table_events,
+            objects=s.table_objects,
+            segments=s.table_segments,
+            columns=s.table_columns,
+        )
+
+    def pinned_now(self) -> datetime:
+        clock = self.clock()
+        now = self.settings.now or clock
+        if now > clock + MAX_NOW_LEAD:
+            raise UsageError(
+                f"pinned now {now.isoformat()} is in the future (clock {clock.isoformat()})"
+            )
+        return now
+
+    def load_policies(self) -> list[PolicySet]:
+        """Every source completely, or an exception: never a half-read policy set."""
+        return [source.load() for source in self.sources]
+
+
+def explain(worker: Worker) -> Resolved:
+    """Resolve policies for every known project, reading the data plane read-only."""
+    policy_sets = worker.load_policies()
+    now = worker.pinned_now()
+    database = worker.database
+    with translate_errors(database):
+        engine = make_engine(database, read_only=True)
+        try:
+            with engine.connect() as conn:
+                dataplane.check_schema(conn, worker.tables, ("events", "objects"))
+                resolved, _ = resolve_for_data_plane(
+                    conn,
+                    worker.tables,
+                    policy_sets,
+                    now,
+                    min_retention_days=worker.settings.min_retention_days,
+                )
+                return resolved
+        finally:
+            engine.dispose()
+
+
+def _snapshot_plan(
+    engine: Engine, worker: Worker, policy_sets: Sequence[PolicySet], now: datetime
+) -> Plan:
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":  # one snapshot for every count of the plan
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            return build_plan(
+                conn,
+                worker.tables,
+                policy_sets,
+                now,
+                min_retention_days=worker.settings.min_retention_days,
+            )
+
+
+def plan(worker: Worker) -> RunReport:
+    """A dry run: the plan, in a read-only session. Takes no lock, writes nothing."""
+    started = time.monotonic()
+    policy_sets = worker.load_policies()
+    now = worker.pinned_now()
+    database = worker.database
+    with translate_errors(database):
+        engine = make_engine(database, read_only=True)
+        try:
+            with engine.connect() as conn:
+                dataplane.check_schema(conn, worker.tables, ("events", "objects"))
+            the_plan = _snapshot_plan(engine, worker, policy_sets, now)
+        finally:
+            engine.dispose()
+    return RunReport(
+        plan=the_plan,
+        dry_run=True,
+        warnings=the_plan.warnings,
+        timings={"plan": round(time.monotonic() - started, 3)},
+    )
+
+
+def purge(
+    worker: Worker,
+    *,
+    mode: str = "purge",
+    confirm: Callable[[Plan], bool] | None = None,
+) -> RunReport:
+    """Plan and delete under the run lock; resume an interrupted run first."""
+    policy_sets = worker.load_policies()
+    now = worker.pinned_now()
+    database = worker.database
+    with translate_errors(database):
+        engine = make_engine(database)
+        try:
+            with engine.connect() as conn:
+                dataplane.check_schema(conn, worker.tables, ("events", "objects"))
+                migrate.require_current(conn)
+            with state.run_lock(engine, database):
+                return _locked_purge(engine, worker, policy_sets, now, mode, confirm)
+        finally:
+            engine.dispose()
+
+
+def _locked_purge(
+    engine: Engine,
+    worker: Worker,
+    policy_sets: Sequence[PolicySet],
+    now: datetime,
+    mode: str,
+    confirm: Callable[[Plan], bool] | None,
+) -> RunReport:
+    settings = worker.settings
+    started = time.monotonic()
+    with engine.begin() as conn:
+        resumed = state.resumable_run(conn, clock=worker.clock(), max_age=settings.resume_max_age)
+    if resumed is not None:
+        log.warning(
+            "resuming run %d (%s) with its pinned now %s",
+            resumed.id,
+            resumed.status,
+            resumed.pinned_now.isoformat(),
+        )
+        now = resumed.pinned_now
+    the_plan = _snapshot_plan(engine, worker, policy_sets, now)
+    planned = time.monotonic()
+    document = report.plan_document(the_plan)
+    plan_hash = report.plan_hash(document)
+    if confirm is not None and not confirm(the_plan):
+        return RunReport(plan=the_plan, dry_run=True, status=None, warnings=("aborted",))
+    with engine.begin() as conn:
+        if resumed is not None:
+            state.reopen_run(conn, resumed, clock=worker.clock(), plan_hash=plan_hash)
+            run_id = resumed.id
+            checkpoints = state.load_checkpoints(conn, run_id)
+        else:
+            run = state.start_run(
+                conn, mode=mode, now=now, clock=worker.clock(), plan_hash=plan_hash, plan=document
+            )
+            run_id = run.id
+            checkpoints = {}
+    budget = settings.max_runtime
+
+    def should_stop() -> bool:
+        over = budget is not None and time.monotonic() - started > budget.total_seconds()
+        return over or worker.should_stop()
+
+    ctx = BatchContext(
+        engine=engine,
+        tables=worker.tables,
+        run_id=run_id,
+        batch_size=settings.batch_size,
+        clock=worker.clock,
+        should_stop=should_stop,
+    )
+    outcomes: list[TargetOutcome] = []
+    try:
+        for target in the_plan.targets:
+            found = checkpoints.get(target.key)
+            if not target.resolution.deletes or (
+                found is None and not (target.counts.rows or target.counts.objects)
+            ):
+                outcomes.append(TargetOutcome(target=target, phase=Phase.DONE))
+            else:
+                outcomes.append(purge_target(ctx, target, found))
+    except BaseException as error:
+        _finish(engine, worker, run_id, RunStatus.FAILED, outcomes, error=str(error)[:500])
+        raise
+    stopped = any(o.phase is not Phase.DONE for o in outcomes)
+    status = RunStatus.PARTIAL if stopped else RunStatus.SUCCEEDED
+    _finish(engine, worker, run_id, status, outcomes)
+    return RunReport(
+        plan=the_plan,
+        dry_run=False,
+        run_id=run_id,
+        status=status,
+        resumed=resumed is not None,
+        outcomes=tuple(outcomes),
+        warnings=the_plan.warnings,
+        timings={
+            "plan": round(planned - started, 3),
+            "delete": round(time.monotonic() - planned, 3),
+        },
+    )
+
+
+def _finish(
+    engine: Engine,
+    worker: Worker,
+    run_id: int,
+    status: RunStatus,
+    outcomes: Sequence[TargetOutcome],
+    error: str | None = None,
+) -> None:
+    try:
+        with engine.begin() as conn:
+            state.finish_run(
+                conn,
+                run_id,
+                status=status,
+                clock=worker.clock(),
+                rows=sum(o.rows for o in outcomes),
+                error=error,
+            )
+    except Exception:  # the original error matters more; the run stays resumable
+        if error is None:
+            raise
+        log.exception("could not record the failed run %d", run_id)

@@ -1,0 +1,73 @@
+"""Alembic migrations of the worker's tables, run from the installed package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine
+
+from .errors import SchemaError
+
+VERSION_TABLE = "retention_alembic_version"
+SCRIPT_LOCATION = "retention:migrations"
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.attributes["connection"] = connection
+    return config
+
+
+def head() -> str:
+    revision = ScriptDirectory.from_config(_config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def current(conn: Connection) -> str | None:
+    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), revision)
+    with engine.connect() as conn:
+        return current(conn)
+
+
+@dataclass(frozen=True)
+class Status:
+    current: str | None
+    head: str
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def status(conn: Connection) -> Status:
+    return Status(current=current(conn), head=head())
+
+
+def require_current(conn: Connection) -> None:
+    """Fail closed when the worker's tables are missing or behind the code."""
+    found = status(conn)
+    if found.current is None:
+        raise SchemaError("the worker's tables are missing: run 'retention db upgrade'")
+    if not found.up_to_date:
+        known = ScriptDirectory.from_config(_config()).get_revision(found.current)
+        if known is None:
+            raise SchemaError(
+                f"the worker's tables are at revision {found.current}, unknown to this "
+                f"version (head {found.head}): upgrade the worker"
+            )
+        raise SchemaError(
+            f"the worker's tables are at revision {found.current}, not {found.head}: "
+            "run 'retention db upgrade'"
+        )

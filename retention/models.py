@@ -1,0 +1,293 @@
+"""Domain objects that cross module boundaries: frozen dataclasses and StrEnums.
+
+Datetimes are always timezone-aware (UTC). Retention is measured in days and may be
+fractional or zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from uuid import UUID
+
+
+class ObjectType(StrEnum):
+    PROJECT_LOGS = "project_logs"
+    EXPERIMENT = "experiment"
+    DATASET = "dataset"
+
+
+OBJECT_TYPES: tuple[ObjectType, ...] = tuple(ObjectType)
+
+
+class SourceKind(StrEnum):
+    """Where a retention rule comes from."""
+
+    LOCAL_DEFAULT = "local-default"
+    LOCAL_PROJECT = "local-project"
+    PROJECT_AUTOMATION = "project-automation"
+    ORG_AUTOMATION = "org-automation"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # stopped by time budget or signal; resumable
+    GUARDED = "guarded"  # finished, but a guard held back some targets
+    FAILED = "failed"
+    ABANDONED = "abandoned"  # an interrupted run too old to resume
+
+
+class Phase(StrEnum):
+    """Progress of one target inside a run."""
+
+    ROWS = "rows"
+    REGISTRY = "registry"
+    DONE = "done"
+
+
+def as_utc(value: datetime) -> datetime:
+    """Return ``value`` in UTC; naive datetimes are a programming error."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()} where an aware one is required")
+    return value.astimezone(UTC)
+
+
+def days_text(days: float) -> str:
+    """``30`` for whole days, ``0.5`` otherwise."""
+    return str(int(days)) if float(days).is_integer() else repr(float(days))
+
+
+# A retention longer than this is rejected: it cannot be turned into a cutoff reliably.
+MAX_RETENTION_DAYS = 1_000_000.0
+
+
+def cutoff_for(now: datetime, days: float) -> datetime:
+    if not math.isfinite(days) or days < 0 or days > MAX_RETENTION_DAYS:
+        raise ValueError(f"retention of {days!r} days is out of range")
+    return as_utc(now) - timedelta(days=days)
+
+
+@dataclass(frozen=True)
+class RetentionRule:
+    """One retention setting from one source, before resolution."""
+
+    object_type: ObjectType
+    days: float
+    kind: SourceKind
+    origin: str  # file path or automation id
+    project_id: UUID | None = None  # None: org-wide
+    label: str = ""  # automation name, file section
+
+    def describe(self) -> str:
+        scope = f"project {self.project_id}" if self.project_id else "org"
+        text = f"{self.kind} {self.origin}"
+        if self.label:
+            text += f" ({self.label})"
+        return f"{text} [{scope}]: {days_text(self.days)} days"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Data a hold covers is never planned for deletion."""
+
+    project_id: UUID
+    reason: str
+    origin: str
+    object_type: ObjectType | None = None  # None: every type
+    object_id: UUID | None = None  # None: every object of the type
+    expires: datetime | None = None
+
+    def active(self, now: datetime) -> bool:
+        return self.expires is None or as_utc(now) < self.expires
+
+    def covers_target(self, project_id: UUID, object_type: ObjectType) -> bool:
+        """The hold covers the whole (project, object type) target."""
+        return (
+            self.project_id == project_id
+            and self.object_id is None
+            and self.object_type in (None, object_type)
+        )
+
+    def covers_object(self, project_id: UUID, object_type: ObjectType) -> bool:
+        """The hold covers one object of the target."""
+        return (
+            self.project_id == project_id
+            and self.object_id is not None
+            and self.object_type in (None, object_type)
+        )
+
+    def describe(self) -> str:
+        scope = str(self.project_id)
+        if self.object_type:
+            scope += f"/{self.object_type}"
+        if self.object_id:
+            scope += f"/{self.object_id}"
+        until = f" until {self.expires.isoformat()}" if self.expires else ""
+        return f"hold {scope} ({self.reason}){until} from {self.origin}"
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    project_id: UUID
+    name: str | None = None
+    deleted_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """Everything one policy source says."""
+
+    source: str
+    rules: tuple[RetentionRule, ...] = ()
+    holds: tuple[Hold, ...] = ()
+    min_retention_days: float | None = None
+    # The projects this source knows (a control plane); None: it does not list projects.
+    projects: tuple[ProjectInfo, ...] | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The effective policy for one (project, object type): one rule, explainable."""
+
+    project_id: UUID
+    object_type: ObjectType
+    now: datetime
+    candidates: tuple[RetentionRule, ...]
+    winner: RetentionRule | None
+    floor_days: float
+    retention_days: float | None  # after the floor; None when nothing deletes
+    cutoff: datetime | None  # None: keep everything (no policy, or held)
+    hold: Hold | None = None  # a hold on the whole target
+    object_holds: tuple[Hold, ...] = ()  # holds on single objects of the target
+
+    @property
+    def floor_applied(self) -> bool:
+        return (
+            self.winner is not None
+            and self.retention_days is not None
+            and self.winner.days < self.floor_days
+        )
+
+    @property
+    def held(self) -> bool:
+        return self.hold is not None
+
+    @property
+    def deletes(self) -> bool:
+        return self.cutoff is not None
+
+    @property
+    def held_object_ids(self) -> frozenset[UUID]:
+        return frozenset(h.object_id for h in self.object_holds if h.object_id is not None)
+
+    @property
+    def source(self) -> str:
+        if self.winner is None:
+            return "none"
+        return f"{self.winner.kind}:{self.winner.origin}"
+
+    @property
+    def has_policy_or_hold(self) -> bool:
+        return self.winner is not None or self.hold is not None or bool(self.object_holds)
+
+
+@dataclass(frozen=True)
+class TargetCounts:
+    """What a target holds and what of it has expired, measured in one snapshot."""
+
+    rows: int = 0  # expired rows (for experiments: all rows of expired experiments)
+    total_rows: int = 0  # all rows of the target
+    objects: int = 0  # expired experiments (0 for other types)
+    segments: int = 0
+    bytes: int = 0
+    straddling_segments: int = 0
+    oldest_row: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    resolution: Resolution
+    counts: TargetCounts = field(default_factory=TargetCounts)
+
+    @property
+    def key(self) -> str:
+        return f"{self.resolution.project_id}/{self.resolution.object_type}"
+
+    @property
+    def project_id(self) -> UUID:
+        return self.resolution.project_id
+
+    @property
+    def object_type(self) -> ObjectType:
+        return self.resolution.object_type
+
+
+@dataclass(frozen=True)
+class Orphan:
+    project_id: UUID
+    reason: str  # "deleted" | "unknown"
+    rows: int
+    segments: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    now: datetime
+    targets: tuple[Target, ...]
+    orphans: tuple[Orphan, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def target(self, project_id: UUID, object_type: ObjectType) -> Target | None:
+        for target in self.targets:
+            if target.project_id == project_id and target.object_type == object_type:
+                return target
+        return None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Keyset position: the last row a batch deleted, in deletion order.
+
+    For logs and datasets the order is (created, sequence_id); experiments are walked
+    object by object, so ``object_id`` leads.
+    """
+
+    created: datetime
+    sequence_id: int
+    object_id: UUID | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    rows: int
+    first: Cursor | None
+    last: Cursor | None
+    digest: str = ""  # SHA-256 of the sorted deleted sequence ids
+
+
+@dataclass(frozen=True)
+class TargetOutcome:
+    target: Target
+    rows: int = 0
+    objects: int = 0
+    batches: int = 0
+    phase: Phase = Phase.ROWS
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class RunReport:
+    plan: Plan
+    dry_run: bool
+    run_id: int | None = None
+    status: RunStatus | None = None
+    resumed: bool = False
+    outcomes: tuple[TargetOutcome, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))

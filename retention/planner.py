@@ -1,0 +1,94 @@
+"""Planning: which projects exist, what each (project, object type) keeps, what has expired.
+
+The plan is measured inside one transaction (a snapshot), so its counts agree with each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from uuid import UUID
+
+from sqlalchemy import Connection
+
+from . import dataplane
+from .models import Orphan, Plan, PolicySet, ProjectInfo, Target
+from .policy import Resolved, resolve
+from .tables import DataPlaneTables
+
+
+def known_projects(policy_sets: Sequence[PolicySet]) -> list[ProjectInfo] | None:
+    """Projects listed by sources that list them (a control plane); None if none does."""
+    listed = [s.projects for s in policy_sets if s.projects is not None]
+    if not listed:
+        return None
+    return [p for projects in listed for p in projects]
+
+
+def split_orphans(
+    data_projects: set[UUID], known: list[ProjectInfo] | None
+) -> tuple[set[UUID], dict[UUID, str]]:
+    """(projects to plan, orphans with their reason).
+
+    Without a source that lists projects, every project in the data plane counts as known.
+    """
+    if known is None:
+        return set(data_projects), {}
+    live = {p.project_id for p in known if p.deleted_at is None}
+    deleted = {p.project_id for p in known if p.deleted_at is not None} - live
+    orphans = {
+        project: ("deleted" if project in deleted else "unknown")
+        for project in data_projects - live
+    }
+    return data_projects & live, orphans
+
+
+def resolve_for_data_plane(
+    conn: Connection,
+    tables: DataPlaneTables,
+    policy_sets: Sequence[PolicySet],
+    now: datetime,
+    *,
+    min_retention_days: float | None,
+) -> tuple[Resolved, dict[UUID, str]]:
+    """Resolve policies for every known project in the data plane; also return orphans."""
+    data_projects = dataplane.project_ids(conn, tables)
+    plan_projects, orphans = split_orphans(data_projects, known_projects(policy_sets))
+    resolved = resolve(policy_sets, plan_projects, now, min_retention_days=min_retention_days)
+    if orphans:
+        kept = tuple(r for r in resolved.resolutions if r.project_id not in orphans)
+        resolved = Resolved(
+            now=resolved.now,
+            floor_days=resolved.floor_days,
+            resolutions=kept,
+            warnings=resolved.warnings,
+        )
+    return resolved, orphans
+
+
+def build_plan(
+    conn: Connection,
+    tables: DataPlaneTables,
+    policy_sets: Sequence[PolicySet],
+    now: datetime,
+    *,
+    min_retention_days: float | None,
+) -> Plan:
+    resolved, orphans = resolve_for_data_plane(
+        conn, tables, policy_sets, now, min_retention_days=min_retention_days
+    )
+    targets = tuple(
+        Target(resolution=r, counts=dataplane.count_target(conn, tables, r))
+        for r in resolved.resolutions
+        if r.has_policy_or_hold
+    )
+    orphan_rows = dataplane.rows_by_project(conn, tables, sorted(orphans))
+    return Plan(
+        now=resolved.now,
+        targets=targets,
+        orphans=tuple(
+            Orphan(project_id=p, reason=reason, rows=orphan_rows.get(p, 0))
+            for p, reason in sorted(orphans.items())
+        ),
+        warnings=resolved.warnings,
+    )

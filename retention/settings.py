@@ -1,0 +1,161 @@
+"""Settings from the environment (names are the contract, DESIGN §7) and CLI overrides."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import UsageError
+from .models import as_utc
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``90s``, ``10m``, ``24h``, ``7d`` or a plain number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"invalid duration {value!r} (use 90s, 10m, 24h, 7d or seconds)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: negative")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "retention"
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        populate_by_name=True, extra="ignore", case_sensitive=False, frozen=True
+    )
+
+    database_url: str | None = Field(
+        default=None, validation_alias=_env("RETENTION_DATABASE_URL", "PG_URL", "database_url")
+    )
+    state_dir: Path = Field(
+        default_factory=default_state_dir, validation_alias=_env("RETENTION_STATE_DIR", "state_dir")
+    )
+    policy_dir: Path = Field(
+        default=Path("policies"), validation_alias=_env("RETENTION_POLICY_DIR", "policy_dir")
+    )
+    batch_size: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        validation_alias=_env("RETENTION_BATCH_SIZE", "batch_size"),
+    )
+    max_runtime: Duration | None = Field(
+        default=None, validation_alias=_env("RETENTION_MAX_RUNTIME", "max_runtime")
+    )
+    grace_period: Duration = Field(
+        default=timedelta(hours=24),
+        validation_alias=_env("RETENTION_GRACE_PERIOD", "grace_period"),
+    )
+    min_retention_days: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias=_env("RETENTION_MIN_RETENTION_DAYS", "min_retention_days"),
+    )
+    resume_max_age: Duration = Field(
+        default=timedelta(hours=24),
+        validation_alias=_env("RETENTION_RESUME_MAX_AGE", "resume_max_age"),
+    )
+    now: datetime | None = Field(default=None, validation_alias=_env("RETENTION_NOW", "now"))
+    # Table and column names of the reference schema (DESIGN §3, §7).
+    table_events: str = Field(
+        default="events", validation_alias=_env("RETENTION_TABLE_EVENTS", "table_events")
+    )
+    table_objects: str = Field(
+        default="objects", validation_alias=_env("RETENTION_TABLE_OBJECTS", "table_objects")
+    )
+    table_segments: str = Field(
+        default="segments", validation_alias=_env("RETENTION_TABLE_SEGMENTS", "table_segments")
+    )
+    table_columns: dict[str, str] = Field(
+        default_factory=dict,
+        validation_alias=_env("RETENTION_TABLE_COLUMNS", "table_columns"),
+        description="renamed columns, 'events.created=ts,objects.created=born'",
+    )
+    log_level: str = Field(
+        default="INFO", validation_alias=_env("RETENTION_LOG_LEVEL", "log_level")
+    )
+
+    @field_validator("now")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2026-11-27T03:00:00Z")
+        return as_utc(value)
+
+    @field_validator("table_columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            pairs: dict[str, str] = {}
+            for item in filter(None, (part.strip() for part in value.split(","))):
+                key, sep, name = item.partition("=")
+                if not sep or "." not in key or not name.strip():
+                    raise ValueError(f"expected table.column=name, got {item!r}")
+                pairs[key.strip()] = name.strip()
+            return pairs
+        return value
+
+    @property
+    def embedded_database_path(self) -> Path:
+        return self.state_dir / "retention.sqlite3"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.embedded_database_path}"
+
+    @property
+    def policy_dir_required(self) -> bool:
+        """The default folder may be absent; a configured one must exist."""
+        return "policy_dir" in self.model_fields_set
+
+
+_ENV_NAMES = {
+    "database_url": "RETENTION_DATABASE_URL",
+    "table_columns": "RETENTION_TABLE_COLUMNS",
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, with non-None ``overrides`` (CLI flags) on top."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = _ENV_NAMES.get(field, f"RETENTION_{field.upper()}")
+        raise UsageError(f"invalid setting {name}: {error['msg']}") from None

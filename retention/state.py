@@ -1,0 +1,348 @@
+"""The worker's own state (DESIGN §4): runs, checkpoints, receipts, and the run lock.
+
+The tables are created by the alembic migrations in ``retention/migrations``; the Table
+objects here mirror them for queries. A batch's checkpoint and receipt are written with the
+caller's connection, inside the transaction that deleted the batch.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Identity,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+
+from .db import Database
+from .errors import LockedError
+from .models import Cursor, Phase, RunStatus
+from .tables import UTCDateTime, UUIDType
+
+metadata = MetaData()
+
+_id = BigInteger().with_variant(Integer(), "sqlite")
+
+runs = Table(
+    "retention_runs",
+    metadata,
+    Column("id", _id, Identity(), primary_key=True),
+    Column("mode", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("heartbeat_at", UTCDateTime),
+    Column("pinned_now", UTCDateTime, nullable=False),
+    Column("plan_hash", Text, nullable=False),
+    Column("plan", Text, nullable=False),
+    Column("rows", BigInteger, nullable=False, server_default="0"),
+    Column("segments", BigInteger, nullable=False, server_default="0"),
+    Column("bytes", BigInteger, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("host", Text),
+    Column("pid", Integer),
+    Column("resumed", Integer, nullable=False, server_default="0"),
+)
+
+checkpoints = Table(
+    "retention_checkpoints",
+    metadata,
+    Column("run_id", _id, ForeignKey("retention_runs.id"), primary_key=True),
+    Column("target", Text, primary_key=True),
+    Column("project_id", UUIDType, nullable=False),
+    Column("object_type", Text, nullable=False),
+    Column("phase", Text, nullable=False),
+    Column("cutoff", UTCDateTime, nullable=False),
+    Column("last_created", UTCDateTime),
+    Column("last_sequence_id", BigInteger),
+    Column("last_object_id", UUIDType),
+    Column("rows", BigInteger, nullable=False, server_default="0"),
+    Column("objects", BigInteger, nullable=False, server_default="0"),
+    Column("batches", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+receipts = Table(
+    "retention_receipts",
+    metadata,
+    Column("id", _id, Identity(), primary_key=True),
+    Column("run_id", _id, ForeignKey("retention_runs.id"), nullable=False),
+    Column("project_id", UUIDType, nullable=False),
+    Column("object_type", Text, nullable=False),
+    Column("policy_source", Text, nullable=False),
+    Column("retention_days", Float, nullable=False),
+    Column("cutoff", UTCDateTime, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("objects", BigInteger, nullable=False, server_default="0"),
+    Column("segments", BigInteger, nullable=False, server_default="0"),
+    Column("bytes", BigInteger, nullable=False, server_default="0"),
+    Column("first_key", Text),
+    Column("last_key", Text),
+    Column("keys_digest", Text),
+    Column("recorded_at", UTCDateTime, nullable=False),
+)
+
+# pg_advisory_lock key: the bytes "retentio" as a signed 64-bit integer.
+LOCK_KEY = int.from_bytes(b"retentio", "big", signed=True)
+
+
+@contextmanager
+def run_lock(engine: Engine, database: Database) -> Iterator[None]:
+    """Hold the one-run-per-database lock; raise ``LockedError`` at once if it is taken.
+
+    PostgreSQL: a session advisory lock on a dedicated connection, released when the
+    session ends (also when the process dies). SQLite: an exclusive ``flock`` on a file
+    next to the database, released by the kernel when the process dies.
+    """
+    if database.is_sqlite:
+        path = database.sqlite_path.with_name(database.sqlite_path.name + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockedError(
+                    f"another retention run holds the lock on {database.display}"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+        return
+    with engine.connect() as conn:
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}).scalar()
+        conn.commit()
+        if not got:
+            raise LockedError(f"another retention run holds the lock on {database.display}")
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+            conn.commit()
+
+
+# A run in one of these states did not finish; the next run resumes it (same pinned now).
+RESUMABLE = (RunStatus.RUNNING, RunStatus.PARTIAL, RunStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    mode: str
+    status: RunStatus
+    started_at: datetime
+    pinned_now: datetime
+    plan_hash: str
+    resumed: int
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    target: str
+    phase: Phase
+    cutoff: datetime
+    cursor: Cursor | None
+    rows: int
+    objects: int
+    batches: int
+
+
+def _record(row: Any) -> RunRecord:
+    return RunRecord(
+        id=int(row.id),
+        mode=row.mode,
+        status=RunStatus(row.status),
+        started_at=row.started_at,
+        pinned_now=row.pinned_now,
+        plan_hash=row.plan_hash,
+        resumed=int(row.resumed),
+    )
+
+
+def start_run(
+    conn: Connection, *, mode: str, now: datetime, clock: datetime, plan_hash: str, plan: Any
+) -> RunRecord:
+    result = conn.execute(
+        insert(runs)
+        .values(
+            mode=mode,
+            status=RunStatus.RUNNING.value,
+            started_at=clock,
+            heartbeat_at=clock,
+            pinned_now=now,
+            plan_hash=plan_hash,
+            plan=json.dumps(plan, sort_keys=True),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        .returning(*runs.c)
+    )
+    return _record(result.one())
+
+
+def resumable_run(conn: Connection, *, clock: datetime, max_age: timedelta) -> RunRecord | None:
+    """The unfinished run to resume, if any; older ones are marked abandoned.
+
+    Called with the lock held, so a run still marked ``running`` has died.
+    """
+    unfinished = conn.execute(
+        select(runs)
+        .where(runs.c.status.in_([s.value for s in RESUMABLE]))
+        .order_by(runs.c.id.desc())
+    ).all()
+    for index, row in enumerate(unfinished):
+        record = _record(row)
+        if index == 0 and clock - record.started_at <= max_age:
+            continue
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == record.id)
+            .values(status=RunStatus.ABANDONED.value, finished_at=clock)
+        )
+    if unfinished and clock - _record(unfinished[0]).started_at <= max_age:
+        return _record(unfinished[0])
+    return None
+
+
+def reopen_run(conn: Connection, run: RunRecord, *, clock: datetime, plan_hash: str) -> None:
+    conn.execute(
+        update(runs)
+        .where(runs.c.id == run.id)
+        .values(
+            status=RunStatus.RUNNING.value,
+            resumed=runs.c.resumed + 1,
+            heartbeat_at=clock,
+            plan_hash=plan_hash,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+        )
+    )
+
+
+def finish_run(
+    conn: Connection,
+    run_id: int,
+    *,
+    status: RunStatus,
+    clock: datetime,
+    rows: int,
+    segments: int = 0,
+    byte_count: int = 0,
+    error: str | None = None,
+) -> None:
+    conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id)
+        .values(
+            status=status.value,
+            finished_at=clock,
+            heartbeat_at=clock,
+            rows=rows,
+            segments=segments,
+            bytes=byte_count,
+            error=error,
+        )
+    )
+
+
+def load_checkpoints(conn: Connection, run_id: int) -> dict[str, Checkpoint]:
+    found: dict[str, Checkpoint] = {}
+    for row in conn.execute(select(checkpoints).where(checkpoints.c.run_id == run_id)):
+        cursor = None
+        if row.last_created is not None and row.last_sequence_id is not None:
+            cursor = Cursor(
+                created=row.last_created,
+                sequence_id=int(row.last_sequence_id),
+                object_id=row.last_object_id,
+            )
+        found[row.target] = Checkpoint(
+            target=row.target,
+            phase=Phase(row.phase),
+            cutoff=row.cutoff,
+            cursor=cursor,
+            rows=int(row.rows),
+            objects=int(row.objects),
+            batches=int(row.batches),
+        )
+    return found
+
+
+def save_checkpoint(
+    conn: Connection,
+    run_id: int,
+    *,
+    project_id: UUID,
+    object_type: str,
+    checkpoint: Checkpoint,
+    clock: datetime,
+) -> None:
+    """Insert or update; the caller's transaction also holds the batch it describes."""
+    cursor = checkpoint.cursor
+    values = {
+        "phase": checkpoint.phase.value,
+        "cutoff": checkpoint.cutoff,
+        "last_created": cursor.created if cursor else None,
+        "last_sequence_id": cursor.sequence_id if cursor else None,
+        "last_object_id": cursor.object_id if cursor else None,
+        "rows": checkpoint.rows,
+        "objects": checkpoint.objects,
+        "batches": checkpoint.batches,
+        "updated_at": clock,
+    }
+    updated = conn.execute(
+        update(checkpoints)
+        .where(checkpoints.c.run_id == run_id, checkpoints.c.target == checkpoint.target)
+        .values(**values)
+    ).rowcount
+    if not updated:
+        conn.execute(
+            insert(checkpoints).values(
+                run_id=run_id,
+                target=checkpoint.target,
+                project_id=project_id,
+                object_type=object_type,
+                **values,
+            )
+        )
+    conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=clock))
+
+
+def cursor_key(cursor: Cursor | None) -> str | None:
+    if cursor is None:
+        return None
+    key = f"{cursor.created.isoformat()}/{cursor.sequence_id}"
+    return f"{cursor.object_id}/{key}" if cursor.object_id else key
+
+
+def add_receipt(conn: Connection, run_id: int, *, clock: datetime, **values: Any) -> None:
+    conn.execute(insert(receipts).values(run_id=run_id, recorded_at=clock, **values))
+
+
+def successful_runs(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).where(runs.c.status == RunStatus.SUCCEEDED.value)
+        ).scalar_one()
+    )
