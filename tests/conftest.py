@@ -1,0 +1,126 @@
+"""Shared fixtures: a real PostgreSQL server, per-test databases from a template, SQLite files.
+
+PostgreSQL: ``RETENTION_TEST_DATABASE_URL`` names a server to use (it must allow CREATE
+DATABASE); otherwise a throwaway cluster starts from the installed server binaries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from retention import migrate
+from retention.db import make_engine, parse_database_url
+from tests.pg import Cluster, throwaway_cluster
+from tests.support import create_reference_schema
+
+TEMPLATE = "retention_template"
+
+
+class PgServer:
+    def __init__(self, url: str, cluster: Cluster | None) -> None:
+        self.url = url
+        self.cluster = cluster
+        self.admin = sa.create_engine(
+            parse_database_url(url).url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+        )
+
+    def url_for(self, database: str) -> str:
+        return parse_database_url(self.url).url.set(database=database).render_as_string(
+            hide_password=False
+        )
+
+    def create(self, name: str, template: str | None = None) -> str:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            suffix = f' TEMPLATE "{template}"' if template else ""
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"{suffix}')
+        return self.url_for(name)
+
+    def drop(self, name: str) -> None:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    url = os.environ.get("RETENTION_TEST_DATABASE_URL")
+    if url:
+        server = PgServer(url, None)
+        yield server
+        server.admin.dispose()
+        return
+    with throwaway_cluster() as cluster:
+        server = PgServer(cluster.url, cluster)
+        yield server
+        server.admin.dispose()
+
+
+def prepare(url: str, *, worker_tables: bool = True) -> None:
+    """Reference schema, and the worker's tables at head."""
+    database = parse_database_url(url)
+    engine = make_engine(database, create=True)
+    try:
+        create_reference_schema(engine)
+        if worker_tables:
+            migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PgServer) -> str:
+    url = pg_server.create(TEMPLATE)
+    prepare(url)
+    return TEMPLATE
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer, pg_template: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = pg_server.create(name, template=pg_template)
+    yield url
+    pg_server.drop(name)
+
+
+@pytest.fixture
+def empty_pg_url(pg_server: PgServer) -> Iterator[str]:
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    url = pg_server.create(name)
+    yield url
+    pg_server.drop(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.sqlite3"
+    prepare(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    path = tmp_path / "dataplane.sqlite3"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The same test on the embedded default and on PostgreSQL."""
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(name))
+
+
+def engine_for(url: str) -> sa.Engine:
+    """An engine for checking test databases; unpooled, so nothing stays open."""
+    database = parse_database_url(url)
+    if database.is_sqlite:
+        return make_engine(database)
+    return sa.create_engine(database.url, poolclass=sa.NullPool)

@@ -1,0 +1,50 @@
+"""Building workers for integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from retention.engine import Worker
+from retention.settings import load_settings
+from tests.support import NOW
+
+
+def write_policies(folder: Path, text: str, name: str = "policy.toml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def worker(
+    url: str,
+    policy_dir: Path,
+    *,
+    now: datetime = NOW,
+    batch_size: int = 50,
+    should_stop: Callable[[], bool] | None = None,
+    clock: Callable[[], datetime] | None = None,
+    **settings: Any,
+) -> Worker:
+    built = load_settings(
+        database_url=url, policy_dir=policy_dir, now=now, batch_size=batch_size, **settings
+    )
+    extra: dict[str, Any] = {}
+    if should_stop is not None:
+        extra["should_stop"] = should_stop
+    extra["clock"] = clock or (lambda: now)
+    return Worker.from_settings(built, **extra)
+
+
+class StopAfter:
+    """A should_stop callback that says stop after ``n`` checks."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.calls = 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls > self.n
