@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from .errors import DatabaseError, RetentionError, UsageError
 
+SNAPSHOT_OPTION = "retention_snapshot"
 SUPPORTED_URLS = "postgresql://, postgres://, postgresql+psycopg://, sqlite:///PATH"
 CONNECT_TIMEOUT_S = 10
 
@@ -54,8 +55,8 @@ def parse_database_url(raw: str) -> Database:
         rest = text.partition("://")[2]
         try:
             url = make_url(f"postgresql+psycopg://{rest}")
-        except exc.ArgumentError as error:
-            raise UsageError(f"invalid database URL ({scheme}://…): {error}") from None
+        except (exc.ArgumentError, ValueError):  # messages may quote the password
+            raise UsageError(f"invalid database URL ({scheme}://…): cannot parse it") from None
         return Database(url)
     if scheme == "sqlite":
         if not text.startswith("sqlite:///") or text in ("sqlite:///", "sqlite:///:memory:"):
@@ -104,9 +105,21 @@ def _sqlite_engine(database: Database, *, read_only: bool, create: bool) -> Engi
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql(begin)
+        snapshot = connection.get_execution_options().get(SNAPSHOT_OPTION)
+        connection.exec_driver_sql("BEGIN" if snapshot else begin)
 
     return engine
+
+
+def read_snapshot(conn: Connection) -> Connection:
+    """Make ``conn``'s next transaction one consistent, read-only snapshot.
+
+    PostgreSQL: REPEATABLE READ, READ ONLY. SQLite: a deferred BEGIN, which takes no write
+    lock (the writer's transactions use BEGIN IMMEDIATE).
+    """
+    if conn.dialect.name == "postgresql":
+        return conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    return conn.execution_options(**{SNAPSHOT_OPTION: True})
 
 
 def _first_line(error: BaseException) -> str:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 
 from . import dataplane, migrate, report, state
-from .db import Database, make_engine, parse_database_url, translate_errors
+from .db import Database, make_engine, parse_database_url, read_snapshot, translate_errors
 from .deleter import BatchContext, purge_target
 from .errors import UsageError
 from .models import Phase, Plan, PolicySet, RunReport, RunStatus, TargetOutcome
@@ -106,8 +106,7 @@ def _snapshot_plan(
     engine: Engine, worker: Worker, policy_sets: Sequence[PolicySet], now: datetime
 ) -> Plan:
     with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":  # one snapshot for every count of the plan
-            conn.execution_options(isolation_level="REPEATABLE READ")
+        read_snapshot(conn)  # one snapshot for every count of the plan
         with conn.begin():
             return build_plan(
                 conn,

@@ -198,12 +198,17 @@ def _object_type(value: Any, origin: str, where: str) -> ObjectType:
         ) from exc
 
 
-def _expiry(value: Any, origin: str, where: str) -> datetime:
+def _expiry(value: Any, origin: str, where: str) -> datetime | None:
     """A date keeps the hold through the whole of that day (UTC); a datetime needs an offset."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise PolicyError(f"{origin}: {where}: a date-time needs a UTC offset, e.g. 'Z'")
-        return value.astimezone(UTC)
-    if isinstance(value, date):
-        return datetime.combine(value + timedelta(days=1), time(0), tzinfo=UTC)
+    try:
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise PolicyError(f"{origin}: {where}: a date-time needs a UTC offset, e.g. 'Z'")
+            return value.astimezone(UTC)
+        if isinstance(value, date):
+            if value == date.max:
+                return None  # through the end of time: never expires
+            return datetime.combine(value + timedelta(days=1), time(0), tzinfo=UTC)
+    except OverflowError:
+        raise PolicyError(f"{origin}: {where}: {value} is out of range in UTC") from None
     raise PolicyError(f"{origin}: {where}: expected a TOML date (2027-01-31), got {value!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from datetime import datetime, timedelta
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from .errors import UsageError
 from .models import as_utc
@@ -31,9 +32,12 @@ def parse_duration(value: Any) -> timedelta:
         if not match:
             raise ValueError(f"invalid duration {value!r} (use 90s, 10m, 24h, 7d or seconds)")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds < 0:
-        raise ValueError(f"invalid duration {value!r}: negative")
-    return timedelta(seconds=seconds)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: must be finite and not negative")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"invalid duration {value!r}: too long") from None
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -96,7 +100,7 @@ class Settings(BaseSettings):
     table_segments: str = Field(
         default="segments", validation_alias=_env("RETENTION_TABLE_SEGMENTS", "table_segments")
     )
-    table_columns: dict[str, str] = Field(
+    table_columns: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         validation_alias=_env("RETENTION_TABLE_COLUMNS", "table_columns"),
         description="renamed columns, 'events.created=ts,objects.created=born'",
@@ -152,10 +156,20 @@ _ENV_NAMES = {
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment, with non-None ``overrides`` (CLI flags) on top."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    # `from None`: a validation error can carry the rejected input, which may be a secret.
     try:
         return Settings(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
-        name = _ENV_NAMES.get(field, f"RETENTION_{field.upper()}")
-        raise UsageError(f"invalid setting {name}: {error['msg']}") from None
+        raise UsageError(f"invalid setting {_env_name(field)}: {error['msg']}") from None
+    except SettingsError as exc:
+        raise UsageError(f"invalid settings: {str(exc).splitlines()[0]}") from None
+
+
+def _env_name(field: str) -> str:
+    """The environment variable of a field (errors name the alias or the field)."""
+    upper = field.upper()
+    if upper.startswith(("RETENTION_", "PG_", "BRAINTRUST_", "OUTBOUND_")):
+        return upper
+    return _ENV_NAMES.get(field, f"RETENTION_{upper}")

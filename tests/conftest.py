@@ -32,8 +32,10 @@ class PgServer:
         )
 
     def url_for(self, database: str) -> str:
-        return parse_database_url(self.url).url.set(database=database).render_as_string(
-            hide_password=False
+        return (
+            parse_database_url(self.url)
+            .url.set(database=database)
+            .render_as_string(hide_password=False)
         )
 
     def create(self, name: str, template: str | None = None) -> str:

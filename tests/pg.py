@@ -111,8 +111,15 @@ def throwaway_cluster() -> Iterator[Cluster]:
     cluster = Cluster(bindir=bindir, root=root, port=free_port(), user=user)
     try:
         cluster._run(
-            "initdb", "-D", str(cluster.data), "-U", "postgres", "--auth=trust",
-            "--encoding=UTF8", "--locale=C", "--no-sync",
+            "initdb",
+            "-D",
+            str(cluster.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
         )
         for attempt in range(5):
             try:

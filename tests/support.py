@@ -95,41 +95,82 @@ class Scenario:
     def project_ids(self) -> list[UUID]:
         return sorted({o["project_id"] for o in self.objects})
 
-    def add_object(self, object_type: str, object_id: UUID, project_id: UUID,
-                   created: datetime, name: str | None = None) -> None:
-        self.objects.append(dict(object_type=object_type, object_id=object_id,
-                                 project_id=project_id, name=name, created=created))
+    def add_object(
+        self,
+        object_type: str,
+        object_id: UUID,
+        project_id: UUID,
+        created: datetime,
+        name: str | None = None,
+    ) -> None:
+        self.objects.append(
+            dict(
+                object_type=object_type,
+                object_id=object_id,
+                project_id=project_id,
+                name=name,
+                created=created,
+            )
+        )
 
-    def add_event(self, object_type: str, object_id: UUID, project_id: UUID,
-                  created: datetime, row_id: str | None = None) -> str:
+    def add_event(
+        self,
+        object_type: str,
+        object_id: UUID,
+        project_id: UUID,
+        created: datetime,
+        row_id: str | None = None,
+    ) -> str:
         row_id = row_id or f"r{len(self.events)}"
-        self.events.append(dict(object_type=object_type, object_id=object_id,
-                                project_id=project_id, id=row_id,
-                                _xact_id=len(self.events) + 1, created=created))
+        self.events.append(
+            dict(
+                object_type=object_type,
+                object_id=object_id,
+                project_id=project_id,
+                id=row_id,
+                _xact_id=len(self.events) + 1,
+                created=created,
+            )
+        )
         return row_id
 
 
 def insert(engine: sa.Engine, scenario: Scenario) -> None:
     objects = [
-        {**o, "object_id": _id(engine, o["object_id"]), "project_id": _id(engine, o["project_id"]),
-         "created": _ts(engine, o["created"])}
+        {
+            **o,
+            "object_id": _id(engine, o["object_id"]),
+            "project_id": _id(engine, o["project_id"]),
+            "created": _ts(engine, o["created"]),
+        }
         for o in scenario.objects
     ]
     events = [
-        {**e, "object_id": _id(engine, e["object_id"]), "project_id": _id(engine, e["project_id"]),
-         "created": _ts(engine, e["created"])}
+        {
+            **e,
+            "object_id": _id(engine, e["object_id"]),
+            "project_id": _id(engine, e["project_id"]),
+            "created": _ts(engine, e["created"]),
+        }
         for e in scenario.events
     ]
     with engine.begin() as conn:
         if objects:
-            conn.execute(sa.text(
-                "INSERT INTO objects (object_type, object_id, project_id, name, created) "
-                "VALUES (:object_type, :object_id, :project_id, :name, :created)"), objects)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO objects (object_type, object_id, project_id, name, created) "
+                    "VALUES (:object_type, :object_id, :project_id, :name, :created)"
+                ),
+                objects,
+            )
         for start in range(0, len(events), 5000):
-            conn.execute(sa.text(
-                "INSERT INTO events (object_type, object_id, project_id, id, _xact_id, created) "
-                "VALUES (:object_type, :object_id, :project_id, :id, :_xact_id, :created)"),
-                events[start:start + 5000])
+            conn.execute(
+                sa.text(
+                    "INSERT INTO events "
+                    "(object_type, object_id, project_id, id, _xact_id, created) VALUES (:object_type, :object_id, :project_id, :id, :_xact_id, :created)"
+                ),
+                events[start : start + 5000],
+            )
 
 
 def surviving_rows(engine: sa.Engine) -> set[str]:
@@ -139,12 +180,15 @@ def surviving_rows(engine: sa.Engine) -> set[str]:
 
 def registry(engine: sa.Engine) -> set[tuple[str, str]]:
     with engine.connect() as conn:
-        return {(r[0], str(r[1])) for r in
-                conn.exec_driver_sql("SELECT object_type, object_id FROM objects")}
+        return {
+            (r[0], str(r[1]))
+            for r in conn.exec_driver_sql("SELECT object_type, object_id FROM objects")
+        }
 
 
-def generate(seed: int, *, projects: int = 4, events: int = 2000, now: datetime = NOW,
-             span_days: float = 200) -> Scenario:
+def generate(
+    seed: int, *, projects: int = 4, events: int = 2000, now: datetime = NOW, span_days: float = 200
+) -> Scenario:
     """Projects with logs, two datasets and five experiments each, rows over ``span_days``."""
     rng = random.Random(seed)
     scenario = Scenario()
@@ -196,8 +240,10 @@ class Expect:
             if o["object_type"] != "experiment":
                 continue
             cutoff = self._cutoff(o["project_id"], "experiment")
-            if cutoff is not None and o["created"] < cutoff and not self._held(
-                o["project_id"], "experiment", o["object_id"]
+            if (
+                cutoff is not None
+                and o["created"] < cutoff
+                and not self._held(o["project_id"], "experiment", o["object_id"])
             ):
                 expired.add(o["object_id"])
         return expired

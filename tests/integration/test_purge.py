@@ -13,15 +13,24 @@ from retention import engine as engine_module
 from retention.models import RunStatus
 from tests.conftest import engine_for
 from tests.integration.helpers import StopAfter, worker, write_policies
-from tests.support import NOW, Expect, Scenario, generate, insert, policy_toml, registry, \
-    surviving_rows
+from tests.support import (
+    NOW,
+    Expect,
+    Scenario,
+    generate,
+    insert,
+    policy_toml,
+    registry,
+    surviving_rows,
+)
 
 
 def _setup(url: str, tmp_path: Path, seed: int = 1, events: int = 3000):
     scenario = generate(seed, projects=5, events=events)
     p = scenario.project_ids()
     held_experiment = next(
-        o["object_id"] for o in scenario.objects
+        o["object_id"]
+        for o in scenario.objects
         if o["object_type"] == "experiment" and o["project_id"] == p[3]
     )
     text = policy_toml(
@@ -33,8 +42,12 @@ def _setup(url: str, tmp_path: Path, seed: int = 1, events: int = 3000):
         ],
         holds=[
             {"project": str(p[2]), "reason": "legal matter"},
-            {"project": str(p[3]), "object_type": "experiment", "object_id": str(held_experiment),
-             "reason": "baseline"},
+            {
+                "project": str(p[3]),
+                "object_type": "experiment",
+                "object_id": str(held_experiment),
+                "reason": "baseline",
+            },
         ],
     )
     policy_dir = write_policies(tmp_path / "policies", text)
@@ -68,13 +81,14 @@ def test_purge_deletes_exactly_what_expired(db_url: str, tmp_path: Path) -> None
     assert registry(engine) == expect.registry(scenario)
     assert sum(o.rows for o in report.outcomes) == len(scenario.events) - len(survivors)
     # dataset registry entries stay even when all their rows are gone
-    datasets = {("dataset", str(o["object_id"])) for o in scenario.objects
-                if o["object_type"] == "dataset"}
+    datasets = {
+        ("dataset", str(o["object_id"])) for o in scenario.objects if o["object_type"] == "dataset"
+    }
     assert datasets <= registry(engine)
 
 
 def test_plan_counts_match_the_purge(db_url: str, tmp_path: Path) -> None:
-    scenario, expect, policy_dir, engine = _setup(db_url, tmp_path, seed=2)
+    scenario, expect, policy_dir, _ = _setup(db_url, tmp_path, seed=2)
     plan = engine_module.plan(worker(db_url, policy_dir))
     purge = engine_module.purge(worker(db_url, policy_dir))
     planned = {t.key: t.counts.rows for t in plan.plan.targets}
@@ -103,15 +117,19 @@ def test_rows_exactly_at_the_cutoff_survive(db_url: str, tmp_path: Path) -> None
         ("logs", "project_logs", project, logs_cutoff),
         ("ds", "dataset", dataset, dataset_cutoff),
     ]:
-        scenario.add_event(object_type, object_id, project, cutoff - timedelta(microseconds=1),
-                           f"{name}-before")
+        scenario.add_event(
+            object_type, object_id, project, cutoff - timedelta(microseconds=1), f"{name}-before"
+        )
         scenario.add_event(object_type, object_id, project, cutoff, f"{name}-at")
-        scenario.add_event(object_type, object_id, project, cutoff + timedelta(microseconds=1),
-                           f"{name}-after")
+        scenario.add_event(
+            object_type, object_id, project, cutoff + timedelta(microseconds=1), f"{name}-after"
+        )
     at = UUID("33333333-3333-4333-8333-333333333333")
     before = UUID("44444444-4444-4444-8444-444444444444")
     scenario.add_object("experiment", at, project, experiment_cutoff)
-    scenario.add_object("experiment", before, project, experiment_cutoff - timedelta(microseconds=1))
+    scenario.add_object(
+        "experiment", before, project, experiment_cutoff - timedelta(microseconds=1)
+    )
     scenario.add_event("experiment", at, project, NOW - timedelta(days=300), "exp-at-row")
     # the rows of an expired experiment go with it, however new they are
     scenario.add_event("experiment", before, project, NOW - timedelta(hours=1), "exp-before-row")
@@ -119,8 +137,9 @@ def test_rows_exactly_at_the_cutoff_survive(db_url: str, tmp_path: Path) -> None
     insert(engine, scenario)
     policy_dir = write_policies(
         tmp_path / "p",
-        policy_toml(projects=[(project, {"project_logs": 30, "dataset": 0.5, "experiment": 7})],
-                    floor=0.25),
+        policy_toml(
+            projects=[(project, {"project_logs": 30, "dataset": 0.5, "experiment": 7})], floor=0.25
+        ),
     )
 
     engine_module.purge(worker(db_url, policy_dir, batch_size=1))
@@ -161,11 +180,10 @@ def test_no_policy_deletes_nothing(db_url: str, tmp_path: Path) -> None:
 
 def test_interrupted_run_resumes_with_its_pinned_now(db_url: str, tmp_path: Path) -> None:
     scenario, expect, policy_dir, engine = _setup(db_url, tmp_path, seed=4)
-    first = engine_module.purge(worker(db_url, policy_dir, batch_size=20,
-                                       should_stop=StopAfter(7)))
+    first = engine_module.purge(worker(db_url, policy_dir, batch_size=20, should_stop=StopAfter(7)))
     assert first.status is RunStatus.PARTIAL
     deleted_so_far = len(scenario.events) - len(surviving_rows(engine))
-    assert 0 < deleted_so_far
+    assert deleted_so_far > 0
 
     # The resumed run is started a day later; it keeps the first run's pinned now.
     later = NOW + timedelta(days=1)
@@ -199,10 +217,12 @@ def test_receipts_walk_keys_in_order(db_url: str, tmp_path: Path) -> None:
     _, _, policy_dir, engine = _setup(db_url, tmp_path, seed=6)
     engine_module.purge(worker(db_url, policy_dir, batch_size=10))
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT project_id, object_type, first_key, last_key, rows FROM retention_receipts "
-            "WHERE rows > 0 AND object_type <> 'experiment' ORDER BY id"
-        )).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT project_id, object_type, first_key, last_key, rows FROM retention_receipts "
+                "WHERE rows > 0 AND object_type <> 'experiment' ORDER BY id"
+            )
+        ).all()
     assert rows
     last: dict[tuple[str, str], tuple[str, int]] = {}
     for project, object_type, first_key, last_key, count in rows:
@@ -221,12 +241,14 @@ def _key(text: str) -> tuple[str, int]:
 
 
 def test_changed_policy_on_resume_never_deletes_more(db_url: str, tmp_path: Path) -> None:
-    scenario, _, policy_dir, engine = _setup(db_url, tmp_path, seed=7)
+    _, _, policy_dir, engine = _setup(db_url, tmp_path, seed=7)
     engine_module.purge(worker(db_url, policy_dir, batch_size=15, should_stop=StopAfter(3)))
     before = surviving_rows(engine)
     # every policy lengthened to 1000 days before the resume: nothing more may go
-    write_policies(policy_dir, policy_toml(defaults={"project_logs": 1000, "experiment": 1000,
-                                                     "dataset": 1000}))
+    write_policies(
+        policy_dir,
+        policy_toml(defaults={"project_logs": 1000, "experiment": 1000, "dataset": 1000}),
+    )
     report = engine_module.purge(worker(db_url, policy_dir))
     assert report.resumed
     assert surviving_rows(engine) == before
@@ -234,8 +256,9 @@ def test_changed_policy_on_resume_never_deletes_more(db_url: str, tmp_path: Path
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 1000])
-def test_batch_size_does_not_change_the_result(db_url: str, tmp_path: Path,
-                                               batch_size: int) -> None:
+def test_batch_size_does_not_change_the_result(
+    db_url: str, tmp_path: Path, batch_size: int
+) -> None:
     scenario, expect, policy_dir, engine = _setup(db_url, tmp_path, seed=8, events=400)
     engine_module.purge(worker(db_url, policy_dir, batch_size=batch_size))
     assert surviving_rows(engine) == expect.survivors(scenario)

@@ -19,8 +19,15 @@ from tests.integration.helpers import worker, write_policies
 from tests.pg import free_port
 from tests.support import generate, insert, policy_toml
 
-TABLES = ("events", "objects", "segments", "retention_runs", "retention_checkpoints",
-          "retention_receipts", "retention_alembic_version")
+TABLES = (
+    "events",
+    "objects",
+    "segments",
+    "retention_runs",
+    "retention_checkpoints",
+    "retention_receipts",
+    "retention_alembic_version",
+)
 
 
 def _fingerprint(url: str) -> dict[str, str]:
@@ -36,8 +43,9 @@ def _fingerprint(url: str) -> dict[str, str]:
 
 
 def _policies(tmp_path: Path) -> Path:
-    return write_policies(tmp_path / "p", policy_toml(defaults={
-        "project_logs": 30, "experiment": 60, "dataset": 10}))
+    return write_policies(
+        tmp_path / "p", policy_toml(defaults={"project_logs": 30, "experiment": 60, "dataset": 10})
+    )
 
 
 def test_dry_run_leaves_every_table_unchanged(db_url: str, tmp_path: Path) -> None:
@@ -94,10 +102,14 @@ def test_purge_refuses_without_worker_tables(empty_pg_url: str, tmp_path: Path) 
     [
         ("DROP TABLE segments", None),
         ("DROP TABLE objects", "missing table 'objects'"),
-        ("ALTER TABLE events RENAME COLUMN created TO created_at",
-         "table 'events' is missing column 'created'"),
-        ("ALTER TABLE objects RENAME COLUMN project_id TO project",
-         "table 'objects' is missing column 'project_id'"),
+        (
+            "ALTER TABLE events RENAME COLUMN created TO created_at",
+            "table 'events' is missing column 'created'",
+        ),
+        (
+            "ALTER TABLE objects RENAME COLUMN project_id TO project",
+            "table 'objects' is missing column 'project_id'",
+        ),
     ],
 )
 def test_missing_table_or_column_fails_closed(

@@ -1,0 +1,55 @@
+"""Running the installed ``retention`` command as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def retention_command() -> str:
+    """The console script installed next to this interpreter."""
+    candidate = Path(sys.executable).parent / "retention"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("retention")
+    if not found:
+        raise RuntimeError("the retention command is not installed (pip install -e .)")
+    return found
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RETENTION_", "BRAINTRUST_", "OUTBOUND_")) and k != "PG_URL"
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> Result:
+    done = subprocess.run(
+        [retention_command(), *args],
+        env=env if env is not None else clean_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        check=False,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
