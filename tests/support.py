@@ -167,7 +167,8 @@ def insert(engine: sa.Engine, scenario: Scenario) -> None:
             conn.execute(
                 sa.text(
                     "INSERT INTO events "
-                    "(object_type, object_id, project_id, id, _xact_id, created) VALUES (:object_type, :object_id, :project_id, :id, :_xact_id, :created)"
+                    "(object_type, object_id, project_id, id, _xact_id, created) "
+                    "VALUES (:object_type, :object_id, :project_id, :id, :_xact_id, :created)"
                 ),
                 events[start : start + 5000],
             )

@@ -50,6 +50,5 @@ def run(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
         check=False,
-        check=False,
     )
     return Result(done.returncode, done.stdout, done.stderr)
