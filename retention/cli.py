@@ -262,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("failed")
         print(f"retention: error: {error.message}", file=sys.stderr)
         return int(error.exit_code)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return int(ExitCode.UNEXPECTED)
     except KeyboardInterrupt:
         print("retention: interrupted", file=sys.stderr)
         return int(ExitCode.PARTIAL)
