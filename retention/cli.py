@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__, demo, engine, migrate, report
-from .db import make_engine, parse_database_url, translate_errors
+from .db import make_engine, parse_database_url, translate_errors, use_wal
 from .errors import ExitCode, RetentionError, UsageError
 from .models import Plan, RunReport, RunStatus
 from .settings import Settings, load_settings
+from .signals import stop_on_signals
 
 log = logging.getLogger("retention")
 
@@ -25,6 +26,7 @@ _RUN_EXIT = {
     RunStatus.SUCCEEDED: ExitCode.OK,
     RunStatus.PARTIAL: ExitCode.PARTIAL,
     RunStatus.GUARDED: ExitCode.GUARD,
+    RunStatus.FAILED: ExitCode.UNEXPECTED,
 }
 
 
@@ -111,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not ask for confirmation (it is only asked on a terminal)",
     )
+    purge.add_argument(
+        "--allow-large-deletes",
+        action="store_true",
+        help="override the safety guards for this run (first run on a database, "
+        "RETENTION_MAX_DELETE_FRACTION), after reviewing the dry run",
+    )
     purge.set_defaults(handler=_purge)
 
     policies = command("policies", "effective policies per project and object type")
@@ -155,12 +163,24 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _emit(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
+        sys.stdout.flush()
         return
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write report to {output}: {exc.strerror}") from exc
     print(f"wrote report to {output}", file=sys.stderr)
+
+
+def _check_writable(output: Path | None) -> None:
+    """Refuse a report file we cannot write before anything is deleted."""
+    if output is None:
+        return
+    try:
+        with output.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write report to {output}: {exc.strerror}") from exc
 
 
 def _confirm() -> Callable[[Plan], bool]:
@@ -174,17 +194,30 @@ def _confirm() -> Callable[[Plan], bool]:
 
 
 def _purge(args: argparse.Namespace, settings: Settings) -> int:
-    worker = engine.Worker.from_settings(settings)
-    if args.dry_run:
-        result = engine.plan(worker)
-    else:
-        confirm = None if args.yes or not sys.stdin.isatty() else _confirm()
-        result = engine.purge(worker, confirm=confirm)
-        if result.status is None:
-            print("aborted; nothing deleted", file=sys.stderr)
-            return int(ExitCode.UNEXPECTED)
-    _emit(report.render(result, args.format), args.output)
-    return int(_RUN_EXIT[result.status]) if result.status else 0
+    _check_writable(args.output)
+    with stop_on_signals() as stop:
+        worker = engine.Worker.from_settings(settings, should_stop=stop)
+        if args.dry_run:
+            result = engine.plan(worker)
+        else:
+            confirm = None if args.yes or not sys.stdin.isatty() else _confirm()
+            result = engine.purge(
+                worker, confirm=confirm, allow_large_deletes=args.allow_large_deletes
+            )
+    if not args.dry_run and result.status is None:
+        print("aborted; nothing deleted", file=sys.stderr)
+        return int(ExitCode.OK)
+    code = int(_RUN_EXIT[result.status]) if result.status else 0
+    try:
+        _emit(report.render(result, args.format), args.output)
+    except BrokenPipeError:  # the work is done; its exit code still tells what happened
+        _silence_stdout()
+    return code
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _policies(args: argparse.Namespace, settings: Settings) -> int:
@@ -202,11 +235,13 @@ def _policies(args: argparse.Namespace, settings: Settings) -> int:
 
 def _db(args: argparse.Namespace, settings: Settings) -> int:
     database = parse_database_url(settings.resolved_database_url)
+    upgrade = args.action == "upgrade"
     with translate_errors(database):
-        db_engine = make_engine(database, create=args.action == "upgrade")
+        db_engine = make_engine(database, create=upgrade, read_only=not upgrade)
         try:
-            if args.action == "upgrade":
+            if upgrade:
                 revision = migrate.upgrade(db_engine)
+                use_wal(db_engine)
                 print(f"worker tables at revision {revision} (head)")
                 return 0
             with db_engine.connect() as conn:
@@ -230,7 +265,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     print("$ retention purge --dry-run")
     sys.stdout.write(report.render(done.dry_run, args.format))
-    print("\n$ retention purge --yes")
+    print("\n$ retention purge --yes --allow-large-deletes   # first run: reviewed above")
     sys.stdout.write(report.render(done.purge, args.format))
     print(
         f"\nInspect it: RETENTION_DATABASE_URL={done.database_url} "
@@ -246,6 +281,8 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # alembic announces its context on every check; our own messages say what matters
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -263,8 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"retention: error: {error.message}", file=sys.stderr)
         return int(error.exit_code)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _silence_stdout()
         return int(ExitCode.UNEXPECTED)
     except KeyboardInterrupt:
         print("retention: interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    Text,
     and_,
     case,
     delete,
@@ -27,9 +28,12 @@ from sqlalchemy import (
     false,
     func,
     inspect,
+    literal,
+    not_,
     or_,
     select,
     true,
+    type_coerce,
     union,
 )
 
@@ -53,11 +57,74 @@ def check_schema(conn: Connection, tables: DataPlaneTables, roles: Iterable[str]
                 raise SchemaError(f"table {shown!r} is missing column {real!r}")
 
 
+_DIGITS = "[0-9]"
+SQLITE_TIMESTAMP_GLOB = (
+    f"{_DIGITS * 4}-{_DIGITS * 2}-{_DIGITS * 2} {_DIGITS * 2}:{_DIGITS * 2}:{_DIGITS * 2}"
+    f".{_DIGITS * 6}"
+)
+SQLITE_UUID_GLOB = "-".join("[0-9a-f]" * n for n in (8, 4, 4, 4, 12))
+_SQLITE_FORMATS = {
+    "events": {
+        "created": SQLITE_TIMESTAMP_GLOB,
+        "project_id": SQLITE_UUID_GLOB,
+        "object_id": SQLITE_UUID_GLOB,
+    },
+    "objects": {
+        "created": SQLITE_TIMESTAMP_GLOB,
+        "project_id": SQLITE_UUID_GLOB,
+        "object_id": SQLITE_UUID_GLOB,
+    },
+}
+
+
+def check_sqlite_values(conn: Connection, tables: DataPlaneTables) -> None:
+    """On SQLite, times and ids are text compared as text: refuse any other spelling.
+
+    A timestamp like '2026-10-28 00:00:00' or '2026-10-27T20:00:00-05:00' would compare
+    wrongly against the cutoff, so its presence stops the run (exit 2) before any deletion.
+    """
+    for role, columns in _SQLITE_FORMATS.items():
+        table = tables.by_role(role)
+        for key, pattern in columns.items():
+            column = type_coerce(table.c[key], Text)
+            bad = conn.execute(
+                select(literal(1))
+                .where(not_(column.op("GLOB", is_comparison=True)(literal(pattern, Text))))
+                .limit(1)
+            ).first()
+            if bad is not None:
+                expected = (
+                    "'YYYY-MM-DD HH:MM:SS.ffffff' (UTC)"
+                    if key == "created"
+                    else ("lower-case canonical UUID text")
+                )
+                raise SchemaError(
+                    f"table {table.name!r} column {table.c[key].name!r} holds values not in "
+                    f"the SQLite storage format {expected}; nothing was deleted"
+                )
+
+
 def project_ids(conn: Connection, tables: DataPlaneTables) -> set[UUID]:
     """Every project that has a registry entry or a row in the data plane."""
     ev, ob = tables.events, tables.objects
     query = union(select(ob.c.project_id).distinct(), select(ev.c.project_id).distinct())
     return {row[0] for row in conn.execute(query)}
+
+
+def object_projects(
+    conn: Connection, tables: DataPlaneTables, object_ids: Iterable[UUID]
+) -> dict[UUID, set[UUID]]:
+    """The projects in whose registry each object appears."""
+    ids = sorted(set(object_ids))
+    if not ids:
+        return {}
+    ob = tables.objects
+    found: dict[UUID, set[UUID]] = {}
+    for object_id, project_id in conn.execute(
+        select(ob.c.object_id, ob.c.project_id).where(ob.c.object_id.in_(ids))
+    ):
+        found.setdefault(object_id, set()).add(project_id)
+    return found
 
 
 def rows_by_project(
@@ -170,7 +237,10 @@ def delete_batch(
     batch = select(ev.c.sequence_id).where(condition).order_by(*order).limit(limit)
     statement = (
         delete(ev)
-        .where(ev.c.sequence_id.in_(batch.scalar_subquery()))
+        # The predicate is repeated outside the subquery: under READ COMMITTED, PostgreSQL
+        # re-checks only the outer WHERE on a row that changed while the delete waited for
+        # its lock, so a row updated past the cutoff meanwhile is kept.
+        .where(ev.c.sequence_id.in_(batch.scalar_subquery()), _expired_rows(tables, resolution))
         .returning(ev.c.object_id, ev.c.created, ev.c.sequence_id)
     )
     deleted = sorted(
@@ -222,9 +292,13 @@ def delete_registry_batch(
         .order_by(ob.c.object_id)
         .limit(limit)
     )
-    statement = delete(ob).where(
+    assert resolution.cutoff is not None
+    statement = delete(ob).where(  # the predicate again, for rows changed meanwhile
+        ob.c.object_id.in_(victims.scalar_subquery()),
         ob.c.object_type == ObjectType.EXPERIMENT.value,
         ob.c.project_id == resolution.project_id,
-        ob.c.object_id.in_(victims.scalar_subquery()),
+        ob.c.created < resolution.cutoff,
+        _not_held(ob.c.object_id, resolution.held_object_ids),
+        ~has_rows,
     )
     return int(conn.execute(statement).rowcount)

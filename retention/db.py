@@ -7,9 +7,13 @@ is read-only at the session level (PostgreSQL ``default_transaction_read_only``,
 
 from __future__ import annotations
 
+import re
+import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +21,14 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from .errors import DatabaseError, RetentionError, UsageError
+from .errors import DatabaseError, UsageError
 
 SNAPSHOT_OPTION = "retention_snapshot"
 SUPPORTED_URLS = "postgresql://, postgres://, postgresql+psycopg://, sqlite:///PATH"
 CONNECT_TIMEOUT_S = 10
+MIN_SQLITE = (3, 35, 0)  # DELETE ... RETURNING
+_SECRET_QUERY_KEYS = {"password", "passfile", "sslpassword", "sslkey"}
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 
 
 @dataclass(frozen=True)
@@ -43,45 +50,65 @@ class Database:
 
     @property
     def display(self) -> str:
-        """The URL without its password, for messages."""
-        return self.url.render_as_string(hide_password=True)
+        """The URL without secrets (password, secret query keys), for messages."""
+        query = {k: v for k, v in self.url.query.items() if k.lower() not in _SECRET_QUERY_KEYS}
+        return self.url.set(query=query).render_as_string(hide_password=True)
 
 
 def parse_database_url(raw: str) -> Database:
     """Accept the URL forms of DESIGN §7; anything else is a usage error (exit 2)."""
     text = raw.strip()
-    scheme = text.partition("://")[0].lower()
-    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
-        rest = text.partition("://")[2]
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if sep and scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         try:
             url = make_url(f"postgresql+psycopg://{rest}")
         except (exc.ArgumentError, ValueError):  # messages may quote the password
             raise UsageError(f"invalid database URL ({scheme}://…): cannot parse it") from None
         return Database(url)
-    if scheme == "sqlite":
+    if sep and scheme == "sqlite":
         if not text.startswith("sqlite:///") or text in ("sqlite:///", "sqlite:///:memory:"):
             raise UsageError("invalid database URL: SQLite needs a file, sqlite:///PATH")
         return Database(make_url(text))
-    shown = scheme or text[:20]
-    raise UsageError(f"unsupported database URL scheme {shown!r} (supported: {SUPPORTED_URLS})")
+    if sep and _SCHEME.match(scheme):
+        raise UsageError(
+            f"unsupported database URL scheme {scheme!r} (supported: {SUPPORTED_URLS})"
+        )
+    raise UsageError(f"unrecognised database URL (supported: {SUPPORTED_URLS})")
 
 
-def make_engine(database: Database, *, read_only: bool = False, create: bool = False) -> Engine:
+def make_engine(
+    database: Database,
+    *,
+    read_only: bool = False,
+    create: bool = False,
+    lock_timeout: timedelta | None = None,
+    statement_timeout: timedelta | None = None,
+) -> Engine:
     """An engine for ``database``. SQLite files must exist unless ``create`` is set."""
     if database.is_sqlite:
         return _sqlite_engine(database, read_only=read_only, create=create)
-    options = "-c TimeZone=UTC"
+    options = [database.url.query.get("options", "")]  # keep the operator's own options
+    options.append("-c TimeZone=UTC")
     if read_only:
-        options += " -c default_transaction_read_only=on"
+        options.append("-c default_transaction_read_only=on")
+    if lock_timeout is not None:
+        options.append(f"-c lock_timeout={int(lock_timeout.total_seconds() * 1000)}")
+    if statement_timeout is not None:
+        options.append(f"-c statement_timeout={int(statement_timeout.total_seconds() * 1000)}")
     connect_args: dict[str, Any] = {
         "connect_timeout": CONNECT_TIMEOUT_S,
         "application_name": "retention",
-        "options": options,
+        "options": " ".join(o for o in options if o and isinstance(o, str)),
     }
-    return create_engine(database.url, connect_args=connect_args, pool_pre_ping=True)
+    url = database.url.difference_update_query(["options"])
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
 
 
 def _sqlite_engine(database: Database, *, read_only: bool, create: bool) -> Engine:
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        need = ".".join(map(str, MIN_SQLITE))
+        raise UsageError(f"SQLite {sqlite3.sqlite_version} is too old; {need} or newer needed")
     path = database.sqlite_path
     if not path.exists():
         if read_only or not create:
@@ -91,10 +118,14 @@ def _sqlite_engine(database: Database, *, read_only: bool, create: bool) -> Engi
             )
         path.parent.mkdir(parents=True, exist_ok=True)
     if read_only:
-        url = make_url(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true")
+        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+
+        engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
     else:
-        url = database.url
-    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+        engine = create_engine(database.url, poolclass=NullPool, connect_args={"timeout": 30})
     begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
 
     # pysqlite opens transactions lazily and only before writes; take control so that a
@@ -111,15 +142,38 @@ def _sqlite_engine(database: Database, *, read_only: bool, create: bool) -> Engi
     return engine
 
 
-def read_snapshot(conn: Connection) -> Connection:
-    """Make ``conn``'s next transaction one consistent, read-only snapshot.
+def use_wal(engine: Engine) -> None:
+    """SQLite: write-ahead logging, so readers (a dry run) never block the purge."""
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()  # outside any transaction, as the pragma requires
+        try:
+            raw.driver_connection.execute("PRAGMA journal_mode=WAL")  # type: ignore[union-attr]
+        finally:
+            raw.close()
+
+
+@contextmanager
+def snapshot(conn: Connection) -> Iterator[Connection]:
+    """One consistent, read-only transaction on ``conn``; its settings are restored after.
 
     PostgreSQL: REPEATABLE READ, READ ONLY. SQLite: a deferred BEGIN, which takes no write
     lock (the writer's transactions use BEGIN IMMEDIATE).
     """
     if conn.dialect.name == "postgresql":
-        return conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-    return conn.execution_options(**{SNAPSHOT_OPTION: True})
+        default = conn.default_isolation_level or "READ COMMITTED"
+        conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            conn.execution_options(isolation_level=default, postgresql_readonly=False)
+        return
+    conn.execution_options(**{SNAPSHOT_OPTION: True})
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        conn.execution_options(**{SNAPSHOT_OPTION: False})
 
 
 def _first_line(error: BaseException) -> str:
@@ -128,20 +182,26 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(original).__name__
 
 
+_CONFIG_HINTS = ("invalid connection option", "invalid dsn", "invalid integer value")
+
+
 @contextmanager
 def translate_errors(database: Database) -> Iterator[None]:
-    """Turn driver errors into ours, chained with ``from``."""
+    """Turn driver errors into ours, chained with ``from``.
+
+    Connection-option mistakes are configuration (exit 2); everything else the database
+    says is exit 4. Messages name the database without its secrets.
+    """
     try:
         yield
-    except RetentionError:
-        raise
-    except (exc.OperationalError, exc.InterfaceError) as error:
-        if database.is_sqlite and "locked" in _first_line(error):
-            raise DatabaseError(
-                f"database {database.display} is locked by another writer: {_first_line(error)}"
-            ) from error
-        raise DatabaseError(
-            f"database unavailable ({database.display}): {_first_line(error)}"
-        ) from error
     except exc.DBAPIError as error:
-        raise RetentionError(f"database error: {_first_line(error)}") from error
+        line = _first_line(error)
+        if any(hint in line.lower() for hint in _CONFIG_HINTS):
+            raise UsageError(f"invalid database settings ({database.display}): {line}") from error
+        if database.is_sqlite and "locked" in line:
+            raise DatabaseError(
+                f"database {database.display} is busy (another writer or a long reader): {line}"
+            ) from error
+        if isinstance(error, exc.OperationalError | exc.InterfaceError):
+            raise DatabaseError(f"database unavailable ({database.display}): {line}") from error
+        raise DatabaseError(f"database error ({database.display}): {line}") from error

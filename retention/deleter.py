@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 
 from . import dataplane, state
 from .models import BatchResult, ObjectType, Phase, Target, TargetOutcome
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchContext:
-    engine: Engine
+    conn: Connection  # the run's one connection, which holds the run lock
     tables: DataPlaneTables
     run_id: int
     batch_size: int
@@ -57,7 +57,6 @@ def initial_checkpoint(target: Target, found: Checkpoint | None) -> Checkpoint:
 
 
 def _commit_batch(
-    conn: Connection,
     ctx: BatchContext,
     target: Target,
     checkpoint: Checkpoint,
@@ -66,7 +65,7 @@ def _commit_batch(
 ) -> None:
     now = ctx.clock()
     state.save_checkpoint(
-        conn,
+        ctx.conn,
         ctx.run_id,
         project_id=target.project_id,
         object_type=target.object_type.value,
@@ -79,7 +78,7 @@ def _commit_batch(
     resolution = target.resolution
     assert resolution.retention_days is not None and resolution.cutoff is not None
     state.add_receipt(
-        conn,
+        ctx.conn,
         ctx.run_id,
         clock=now,
         project_id=target.project_id,
@@ -102,9 +101,9 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
     while checkpoint.phase is Phase.ROWS:
         if ctx.should_stop():
             return _outcome(target, checkpoint, "stopped")
-        with ctx.engine.begin() as conn:
+        with ctx.conn.begin():
             result = dataplane.delete_batch(
-                conn, ctx.tables, resolution, checkpoint.cursor, ctx.batch_size
+                ctx.conn, ctx.tables, resolution, checkpoint.cursor, ctx.batch_size
             )
             done = result.rows < ctx.batch_size
             checkpoint = replace(
@@ -114,20 +113,22 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
                 rows=checkpoint.rows + result.rows,
                 batches=checkpoint.batches + 1,
             )
-            _commit_batch(conn, ctx, target, checkpoint, result)
+            _commit_batch(ctx, target, checkpoint, result)
         log.debug("target=%s batch rows=%d total=%d", target.key, result.rows, checkpoint.rows)
     while checkpoint.phase is Phase.REGISTRY:
         if ctx.should_stop():
             return _outcome(target, checkpoint, "stopped")
-        with ctx.engine.begin() as conn:
-            removed = dataplane.delete_registry_batch(conn, ctx.tables, resolution, ctx.batch_size)
+        with ctx.conn.begin():
+            removed = dataplane.delete_registry_batch(
+                ctx.conn, ctx.tables, resolution, ctx.batch_size
+            )
             checkpoint = replace(
                 checkpoint,
                 phase=Phase.DONE if removed < ctx.batch_size else Phase.REGISTRY,
                 objects=checkpoint.objects + removed,
                 batches=checkpoint.batches + 1,
             )
-            _commit_batch(conn, ctx, target, checkpoint, None, objects=removed)
+            _commit_batch(ctx, target, checkpoint, None, objects=removed)
     log.info(
         "target=%s deleted rows=%d objects=%d batches=%d",
         target.key,

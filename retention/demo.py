@@ -18,7 +18,7 @@ from uuid import UUID
 from sqlalchemy import Engine, insert
 
 from . import migrate
-from .db import make_engine, parse_database_url, translate_errors
+from .db import make_engine, parse_database_url, translate_errors, use_wal
 from .models import ObjectType, RunReport
 from .settings import Settings, load_settings
 from .tables import DataPlaneTables
@@ -221,8 +221,10 @@ def run(
                 db_engine, worker.tables, now=worker.pinned_now(), events=events, seed=seed_value
             )
             migrate.upgrade(db_engine)
+            use_wal(db_engine)
         finally:
             db_engine.dispose()
     dry = engine_module.plan(worker)
-    done = engine_module.purge(worker, mode="demo")
+    # The first run on a database needs review: the dry run above is that review.
+    done = engine_module.purge(worker, mode="demo", allow_large_deletes=True)
     return DemoRun(database_url=url, policy_file=policy_file, data=data, dry_run=dry, purge=done)

@@ -1,7 +1,8 @@
 """The run: load policies, plan in a snapshot, then (unless dry) purge under the lock.
 
-    plan()   policies -> read-only snapshot -> Plan           (writes nothing, takes no lock)
-    purge()  lock -> resume or start a run -> plan -> confirm -> batches -> finish the run
+    plan()   policies -> read-only session, one snapshot -> Plan   (no lock, no writes)
+    purge()  policies -> lock (the run's one connection) -> resume or start a run
+             -> plan in a snapshot -> guards -> confirm -> batches -> finish the run
 
 Time and I/O are injected: ``clock`` gives the current time, the settings name the database
 and the sources give the policies, so tests control all three.
@@ -15,12 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection
 
 from . import dataplane, migrate, report, state
-from .db import Database, make_engine, parse_database_url, read_snapshot, translate_errors
+from .db import Database, make_engine, parse_database_url, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
 from .errors import UsageError
+from .guards import GuardSettings, guard
 from .models import Phase, Plan, PolicySet, RunReport, RunStatus, TargetOutcome
 from .planner import build_plan, resolve_for_data_plane
 from .policy import Resolved
@@ -80,41 +82,48 @@ class Worker:
         return [source.load() for source in self.sources]
 
 
+def _check_data_plane(conn: Connection, tables: DataPlaneTables) -> None:
+    with snapshot(conn):
+        dataplane.check_schema(conn, tables, ("events", "objects"))
+        if conn.dialect.name == "sqlite":
+            dataplane.check_sqlite_values(conn, tables)
+
+
 def explain(worker: Worker) -> Resolved:
     """Resolve policies for every known project, reading the data plane read-only."""
     policy_sets = worker.load_policies()
     now = worker.pinned_now()
     database = worker.database
+    tables = worker.tables
     with translate_errors(database):
         engine = make_engine(database, read_only=True)
         try:
             with engine.connect() as conn:
-                dataplane.check_schema(conn, worker.tables, ("events", "objects"))
-                resolved, _ = resolve_for_data_plane(
-                    conn,
-                    worker.tables,
-                    policy_sets,
-                    now,
-                    min_retention_days=worker.settings.min_retention_days,
-                )
+                _check_data_plane(conn, tables)
+                with snapshot(conn):
+                    resolved, _ = resolve_for_data_plane(
+                        conn,
+                        tables,
+                        policy_sets,
+                        now,
+                        min_retention_days=worker.settings.min_retention_days,
+                    )
                 return resolved
         finally:
             engine.dispose()
 
 
-def _snapshot_plan(
-    engine: Engine, worker: Worker, policy_sets: Sequence[PolicySet], now: datetime
+def _plan(
+    conn: Connection, worker: Worker, policy_sets: Sequence[PolicySet], now: datetime
 ) -> Plan:
-    with engine.connect() as conn:
-        read_snapshot(conn)  # one snapshot for every count of the plan
-        with conn.begin():
-            return build_plan(
-                conn,
-                worker.tables,
-                policy_sets,
-                now,
-                min_retention_days=worker.settings.min_retention_days,
-            )
+    with snapshot(conn):  # one snapshot for every count of the plan
+        return build_plan(
+            conn,
+            worker.tables,
+            policy_sets,
+            now,
+            min_retention_days=worker.settings.min_retention_days,
+        )
 
 
 def plan(worker: Worker) -> RunReport:
@@ -123,20 +132,36 @@ def plan(worker: Worker) -> RunReport:
     policy_sets = worker.load_policies()
     now = worker.pinned_now()
     database = worker.database
+    warnings: list[str] = []
     with translate_errors(database):
         engine = make_engine(database, read_only=True)
         try:
             with engine.connect() as conn:
-                dataplane.check_schema(conn, worker.tables, ("events", "objects"))
-            the_plan = _snapshot_plan(engine, worker, policy_sets, now)
+                _check_data_plane(conn, worker.tables)
+                the_plan = _plan(conn, worker, policy_sets, now)
+                warnings.extend(_pending_warning(conn, worker))
         finally:
             engine.dispose()
     return RunReport(
         plan=the_plan,
         dry_run=True,
-        warnings=the_plan.warnings,
+        warnings=(*the_plan.warnings, *warnings),
         timings={"plan": round(time.monotonic() - started, 3)},
     )
+
+
+def _pending_warning(conn: Connection, worker: Worker) -> list[str]:
+    """Say so when the next purge will resume an unfinished run with an older ``now``."""
+    with snapshot(conn):
+        if migrate.current(conn) is None:
+            return []
+        run = state.pending_run(conn, clock=worker.clock(), max_age=worker.settings.resume_max_age)
+    if run is None:
+        return []
+    return [
+        f"run {run.id} is unfinished ({run.status}); the next purge resumes it with its "
+        f"pinned now {run.pinned_now.isoformat()}"
+    ]
 
 
 def purge(
@@ -144,35 +169,45 @@ def purge(
     *,
     mode: str = "purge",
     confirm: Callable[[Plan], bool] | None = None,
+    allow_large_deletes: bool = False,
 ) -> RunReport:
     """Plan and delete under the run lock; resume an interrupted run first."""
     policy_sets = worker.load_policies()
     now = worker.pinned_now()
     database = worker.database
+    settings = worker.settings
     with translate_errors(database):
-        engine = make_engine(database)
+        engine = make_engine(
+            database,
+            lock_timeout=settings.lock_timeout,
+            statement_timeout=settings.statement_timeout,
+        )
         try:
-            with engine.connect() as conn:
-                dataplane.check_schema(conn, worker.tables, ("events", "objects"))
-                migrate.require_current(conn)
-            with state.run_lock(engine, database):
-                return _locked_purge(engine, worker, policy_sets, now, mode, confirm)
+            with state.run_lock(engine, database) as conn:
+                _check_data_plane(conn, worker.tables)
+                with snapshot(conn):
+                    migrate.require_current(conn)
+                return _locked_purge(
+                    conn, worker, policy_sets, now, mode, confirm, allow_large_deletes
+                )
         finally:
             engine.dispose()
 
 
 def _locked_purge(
-    engine: Engine,
+    conn: Connection,
     worker: Worker,
     policy_sets: Sequence[PolicySet],
     now: datetime,
     mode: str,
     confirm: Callable[[Plan], bool] | None,
+    allow_large_deletes: bool,
 ) -> RunReport:
     settings = worker.settings
     started = time.monotonic()
-    with engine.begin() as conn:
+    with conn.begin():
         resumed = state.resumable_run(conn, clock=worker.clock(), max_age=settings.resume_max_age)
+        first_run = state.successful_runs(conn) == 0
     if resumed is not None:
         log.warning(
             "resuming run %d (%s) with its pinned now %s",
@@ -181,15 +216,25 @@ def _locked_purge(
             resumed.pinned_now.isoformat(),
         )
         now = resumed.pinned_now
-    the_plan = _snapshot_plan(engine, worker, policy_sets, now)
+    the_plan = _plan(conn, worker, policy_sets, now)
     planned = time.monotonic()
+    guarded = guard(
+        the_plan.targets,
+        GuardSettings(
+            max_delete_fraction=settings.max_delete_fraction,
+            first_run=first_run,
+            allow_large_deletes=allow_large_deletes,
+        ),
+    )
     document = report.plan_document(the_plan)
     plan_hash = report.plan_hash(document)
     if confirm is not None and not confirm(the_plan):
-        return RunReport(plan=the_plan, dry_run=True, status=None, warnings=("aborted",))
-    with engine.begin() as conn:
+        return RunReport(plan=the_plan, dry_run=True, warnings=("aborted by the operator",))
+    with conn.begin():
         if resumed is not None:
-            state.reopen_run(conn, resumed, clock=worker.clock(), plan_hash=plan_hash)
+            state.reopen_run(
+                conn, resumed, clock=worker.clock(), plan_hash=plan_hash, plan=document
+            )
             run_id = resumed.id
             checkpoints = state.load_checkpoints(conn, run_id)
         else:
@@ -205,7 +250,7 @@ def _locked_purge(
         return over or worker.should_stop()
 
     ctx = BatchContext(
-        engine=engine,
+        conn=conn,
         tables=worker.tables,
         run_id=run_id,
         batch_size=settings.batch_size,
@@ -216,18 +261,40 @@ def _locked_purge(
     try:
         for target in the_plan.targets:
             found = checkpoints.get(target.key)
-            if not target.resolution.deletes or (
-                found is None and not (target.counts.rows or target.counts.objects)
+            if target.key in guarded:
+                log.warning("target=%s guarded: %s", target.key, guarded[target.key])
+                outcomes.append(
+                    TargetOutcome(
+                        target=target,
+                        rows=found.rows if found else 0,
+                        objects=found.objects if found else 0,
+                        phase=Phase.DONE,
+                        guard=guarded[target.key],
+                    )
+                )
+            elif not target.resolution.deletes or not (
+                target.counts.rows or target.counts.objects or found
             ):
-                outcomes.append(TargetOutcome(target=target, phase=Phase.DONE))
+                outcomes.append(
+                    TargetOutcome(
+                        target=target,
+                        rows=found.rows if found else 0,
+                        objects=found.objects if found else 0,
+                        phase=Phase.DONE,
+                    )
+                )
             else:
                 outcomes.append(purge_target(ctx, target, found))
     except BaseException as error:
-        _finish(engine, worker, run_id, RunStatus.FAILED, outcomes, error=str(error)[:500])
+        _finish(conn, worker, run_id, RunStatus.FAILED, outcomes, error=_error_text(error))
         raise
-    stopped = any(o.phase is not Phase.DONE for o in outcomes)
-    status = RunStatus.PARTIAL if stopped else RunStatus.SUCCEEDED
-    _finish(engine, worker, run_id, status, outcomes)
+    if any(o.phase is not Phase.DONE for o in outcomes):
+        status = RunStatus.PARTIAL
+    elif guarded:
+        status = RunStatus.GUARDED
+    else:
+        status = RunStatus.SUCCEEDED
+    _finish(conn, worker, run_id, status, outcomes)
     return RunReport(
         plan=the_plan,
         dry_run=False,
@@ -243,8 +310,13 @@ def _locked_purge(
     )
 
 
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+
+
 def _finish(
-    engine: Engine,
+    conn: Connection,
     worker: Worker,
     run_id: int,
     status: RunStatus,
@@ -252,7 +324,9 @@ def _finish(
     error: str | None = None,
 ) -> None:
     try:
-        with engine.begin() as conn:
+        if conn.in_transaction():
+            conn.rollback()
+        with conn.begin():
             state.finish_run(
                 conn,
                 run_id,
@@ -264,4 +338,4 @@ def _finish(
     except Exception:  # the original error matters more; the run stays resumable
         if error is None:
             raise
-        log.exception("could not record the failed run %d", run_id)
+        log.warning("could not record the failed run %d", run_id)

@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError as AlembicError
 from sqlalchemy import Connection, Engine
 
 from .errors import SchemaError
@@ -61,7 +62,10 @@ def require_current(conn: Connection) -> None:
     if found.current is None:
         raise SchemaError("the worker's tables are missing: run 'retention db upgrade'")
     if not found.up_to_date:
-        known = ScriptDirectory.from_config(_config()).get_revision(found.current)
+        try:
+            known = ScriptDirectory.from_config(_config()).get_revision(found.current)
+        except AlembicError:
+            known = None
         if known is None:
             raise SchemaError(
                 f"the worker's tables are at revision {found.current}, unknown to this "

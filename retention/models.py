@@ -64,10 +64,17 @@ def days_text(days: float) -> str:
 MAX_RETENTION_DAYS = 1_000_000.0
 
 
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+
+
 def cutoff_for(now: datetime, days: float) -> datetime:
+    """``now - days``; a retention reaching back before year 1 keeps everything."""
     if not math.isfinite(days) or days < 0 or days > MAX_RETENTION_DAYS:
         raise ValueError(f"retention of {days!r} days is out of range")
-    return as_utc(now) - timedelta(days=days)
+    try:
+        return as_utc(now) - timedelta(days=days)
+    except OverflowError:
+        return EARLIEST
 
 
 @dataclass(frozen=True)
@@ -112,12 +119,14 @@ class Hold:
         )
 
     def covers_object(self, project_id: UUID, object_type: ObjectType) -> bool:
-        """The hold covers one object of the target."""
-        return (
-            self.project_id == project_id
-            and self.object_id is not None
-            and self.object_type in (None, object_type)
-        )
+        """The hold covers one object that may be in the target.
+
+        Object ids are unique, so an object hold protects its object in whichever project
+        it is found: a hold naming the wrong project still keeps the object (and the plan
+        warns about the mismatch).
+        """
+        del project_id
+        return self.object_id is not None and self.object_type in (None, object_type)
 
     def describe(self) -> str:
         scope = str(self.project_id)
@@ -278,6 +287,7 @@ class TargetOutcome:
     batches: int = 0
     phase: Phase = Phase.ROWS
     note: str = ""
+    guard: str = ""  # why a safety guard held the target back ("" when none did)
 
 
 @dataclass(frozen=True)

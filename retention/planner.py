@@ -83,6 +83,7 @@ def build_plan(
         if r.has_policy_or_hold
     )
     orphan_rows = dataplane.rows_by_project(conn, tables, sorted(orphans))
+    warnings = list(resolved.warnings) + _hold_warnings(conn, tables, policy_sets, now)
     return Plan(
         now=resolved.now,
         targets=targets,
@@ -90,5 +91,25 @@ def build_plan(
             Orphan(project_id=p, reason=reason, rows=orphan_rows.get(p, 0))
             for p, reason in sorted(orphans.items())
         ),
-        warnings=resolved.warnings,
+        warnings=tuple(warnings),
     )
+
+
+def _hold_warnings(
+    conn: Connection, tables: DataPlaneTables, policy_sets: Sequence[PolicySet], now: datetime
+) -> list[str]:
+    """Holds that name an object the data plane does not have under the named project."""
+    holds = [h for s in policy_sets for h in s.holds if h.object_id is not None and h.active(now)]
+    where = dataplane.object_projects(conn, tables, (h.object_id for h in holds if h.object_id))
+    warnings = []
+    for hold in holds:
+        assert hold.object_id is not None
+        projects = where.get(hold.object_id, set())
+        if not projects:
+            warnings.append(f"{hold.describe()}: object not found in the data plane")
+        elif hold.project_id not in projects:
+            found = ", ".join(sorted(str(p) for p in projects))
+            warnings.append(
+                f"{hold.describe()}: the object belongs to project {found}; it is held there"
+            )
+    return warnings

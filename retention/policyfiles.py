@@ -36,16 +36,22 @@ def load_policy_dir(path: Path, *, required: bool = True) -> PolicySet:
     if not path.exists():
         if required:
             raise PolicyError(f"policy folder {path} does not exist")
-        return PolicySet(source=f"local:{path}")
+        return PolicySet(
+            source=f"local:{path}",
+            warnings=(f"no policy folder {path}; local policies: none",),
+        )
     if not path.is_dir():
         raise PolicyError(f"policy folder {path} is not a folder")
-    sets = [load_policy_file(f) for f in sorted(path.glob("*.toml"))]
+    files = sorted(path.glob("*.toml"))
+    sets = [load_policy_file(f) for f in files]
+    warnings = () if files else (f"no *.toml policy files in {path}",)
     floors = [s.min_retention_days for s in sets if s.min_retention_days is not None]
     return PolicySet(
         source=f"local:{path}",
         rules=tuple(r for s in sets for r in s.rules),
         holds=tuple(h for s in sets for h in s.holds),
         min_retention_days=max(floors) if floors else None,
+        warnings=warnings,
     )
 
 
@@ -171,7 +177,10 @@ def _array(value: Any, origin: str, where: str) -> list[Any]:
 def _days(value: Any, origin: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PolicyError(f"{origin}: {where}: expected a number of days, got {value!r}")
-    days = float(value)
+    try:
+        days = float(value)
+    except OverflowError:
+        raise PolicyError(f"{origin}: {where}: {MAX_RETENTION_DAYS:g} days at most") from None
     if not math.isfinite(days) or days < 0:
         raise PolicyError(f"{origin}: {where}: days must be a finite number >= 0, got {value!r}")
     if days > MAX_RETENTION_DAYS:

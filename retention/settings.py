@@ -13,7 +13,7 @@ from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, fiel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from .errors import UsageError
-from .models import as_utc
+from .models import MAX_RETENTION_DAYS, as_utc
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -54,60 +54,73 @@ def _env(*names: str) -> AliasChoices:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        populate_by_name=True, extra="ignore", case_sensitive=False, frozen=True
+        # Only the documented names are read: no generic DATABASE_URL or NOW from the
+        # environment. Empty variables count as unset (templated manifests leave them empty).
+        extra="ignore",
+        case_sensitive=True,
+        frozen=True,
+        env_ignore_empty=True,
     )
 
     database_url: str | None = Field(
-        default=None, validation_alias=_env("RETENTION_DATABASE_URL", "PG_URL", "database_url")
+        default=None, validation_alias=_env("RETENTION_DATABASE_URL", "PG_URL")
     )
     state_dir: Path = Field(
-        default_factory=default_state_dir, validation_alias=_env("RETENTION_STATE_DIR", "state_dir")
+        default_factory=default_state_dir, validation_alias=_env("RETENTION_STATE_DIR")
     )
     policy_dir: Path = Field(
-        default=Path("policies"), validation_alias=_env("RETENTION_POLICY_DIR", "policy_dir")
+        default=Path("policies"), validation_alias=_env("RETENTION_POLICY_DIR")
     )
     batch_size: int = Field(
         default=1000,
         ge=1,
         le=1_000_000,
-        validation_alias=_env("RETENTION_BATCH_SIZE", "batch_size"),
+        validation_alias=_env("RETENTION_BATCH_SIZE"),
     )
     max_runtime: Duration | None = Field(
-        default=None, validation_alias=_env("RETENTION_MAX_RUNTIME", "max_runtime")
+        default=None, validation_alias=_env("RETENTION_MAX_RUNTIME")
     )
     grace_period: Duration = Field(
         default=timedelta(hours=24),
-        validation_alias=_env("RETENTION_GRACE_PERIOD", "grace_period"),
+        validation_alias=_env("RETENTION_GRACE_PERIOD"),
     )
     min_retention_days: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_RETENTION_DAYS,
         allow_inf_nan=False,
-        validation_alias=_env("RETENTION_MIN_RETENTION_DAYS", "min_retention_days"),
+        validation_alias=_env("RETENTION_MIN_RETENTION_DAYS"),
     )
     resume_max_age: Duration = Field(
         default=timedelta(hours=24),
-        validation_alias=_env("RETENTION_RESUME_MAX_AGE", "resume_max_age"),
+        validation_alias=_env("RETENTION_RESUME_MAX_AGE"),
     )
-    now: datetime | None = Field(default=None, validation_alias=_env("RETENTION_NOW", "now"))
+    max_delete_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        validation_alias=_env("RETENTION_MAX_DELETE_FRACTION"),
+    )
+    lock_timeout: Duration = Field(
+        default=timedelta(seconds=30), validation_alias=_env("RETENTION_LOCK_TIMEOUT")
+    )
+    statement_timeout: Duration = Field(
+        default=timedelta(minutes=15), validation_alias=_env("RETENTION_STATEMENT_TIMEOUT")
+    )
+    now: datetime | None = Field(default=None, validation_alias=_env("RETENTION_NOW"))
     # Table and column names of the reference schema (DESIGN §3, §7).
-    table_events: str = Field(
-        default="events", validation_alias=_env("RETENTION_TABLE_EVENTS", "table_events")
-    )
-    table_objects: str = Field(
-        default="objects", validation_alias=_env("RETENTION_TABLE_OBJECTS", "table_objects")
-    )
+    table_events: str = Field(default="events", validation_alias=_env("RETENTION_TABLE_EVENTS"))
+    table_objects: str = Field(default="objects", validation_alias=_env("RETENTION_TABLE_OBJECTS"))
     table_segments: str = Field(
-        default="segments", validation_alias=_env("RETENTION_TABLE_SEGMENTS", "table_segments")
+        default="segments", validation_alias=_env("RETENTION_TABLE_SEGMENTS")
     )
     table_columns: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        validation_alias=_env("RETENTION_TABLE_COLUMNS", "table_columns"),
+        validation_alias=_env("RETENTION_TABLE_COLUMNS"),
         description="renamed columns, 'events.created=ts,objects.created=born'",
     )
-    log_level: str = Field(
-        default="INFO", validation_alias=_env("RETENTION_LOG_LEVEL", "log_level")
-    )
+    log_level: str = Field(default="INFO", validation_alias=_env("RETENTION_LOG_LEVEL"))
 
     @field_validator("now")
     @classmethod
@@ -154,8 +167,15 @@ _ENV_NAMES = {
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings from the environment, with non-None ``overrides`` (CLI flags) on top."""
-    given = {k: v for k, v in overrides.items() if v is not None}
+    """Build settings from the environment, with non-None ``overrides`` (CLI flags) on top.
+
+    ``overrides`` are keyed by field name (``batch_size=…``).
+    """
+    fields = Settings.model_fields
+    unknown = set(overrides) - set(fields)
+    if unknown:
+        raise TypeError(f"unknown settings: {sorted(unknown)}")
+    given = {_alias(name): v for name, v in overrides.items() if v is not None}
     # `from None`: a validation error can carry the rejected input, which may be a secret.
     try:
         return Settings(**given)
@@ -165,6 +185,12 @@ def load_settings(**overrides: Any) -> Settings:
         raise UsageError(f"invalid setting {_env_name(field)}: {error['msg']}") from None
     except SettingsError as exc:
         raise UsageError(f"invalid settings: {str(exc).splitlines()[0]}") from None
+
+
+def _alias(name: str) -> str:
+    alias = Settings.model_fields[name].validation_alias
+    assert isinstance(alias, AliasChoices)
+    return str(alias.choices[0])
 
 
 def _env_name(field: str) -> str:

@@ -7,6 +7,7 @@ caller's connection, inside the transaction that deleted the batch.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -110,24 +111,27 @@ LOCK_KEY = int.from_bytes(b"retentio", "big", signed=True)
 
 
 @contextmanager
-def run_lock(engine: Engine, database: Database) -> Iterator[None]:
-    """Hold the one-run-per-database lock; raise ``LockedError`` at once if it is taken.
+def run_lock(engine: Engine, database: Database) -> Iterator[Connection]:
+    """Hold the one-run-per-database lock and yield the run's one connection.
 
-    PostgreSQL: a session advisory lock on a dedicated connection, released when the
-    session ends (also when the process dies). SQLite: an exclusive ``flock`` on a file
-    next to the database, released by the kernel when the process dies.
+    Raises ``LockedError`` at once if another run holds the lock. Every transaction of the
+    run goes through the yielded connection, so on PostgreSQL, where the lock is a session
+    advisory lock, a lost session fails the next batch instead of letting the run go on
+    without its lock. On SQLite the lock is an exclusive ``flock`` on ``<file>.lock`` (by
+    the file's real path). Both are released by the kernel or the server when the process
+    dies.
     """
+    locked = LockedError(f"another retention run holds the lock on {database.display}")
     if database.is_sqlite:
-        path = database.sqlite_path.with_name(database.sqlite_path.name + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        real = database.sqlite_path.resolve()
+        fd = os.open(real.with_name(real.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise LockedError(
-                    f"another retention run holds the lock on {database.display}"
-                ) from None
-            yield
+                raise locked from None
+            with engine.connect() as conn:
+                yield conn
         finally:
             os.close(fd)
         return
@@ -135,12 +139,14 @@ def run_lock(engine: Engine, database: Database) -> Iterator[None]:
         got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}).scalar()
         conn.commit()
         if not got:
-            raise LockedError(f"another retention run holds the lock on {database.display}")
+            raise locked
         try:
-            yield
+            yield conn
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
-            conn.commit()
+            with contextlib.suppress(Exception):  # a lost session has released it already
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+                conn.commit()
 
 
 # A run in one of these states did not finish; the next run resumes it (same pinned now).
@@ -202,31 +208,42 @@ def start_run(
     return _record(result.one())
 
 
-def resumable_run(conn: Connection, *, clock: datetime, max_age: timedelta) -> RunRecord | None:
-    """The unfinished run to resume, if any; older ones are marked abandoned.
-
-    Called with the lock held, so a run still marked ``running`` has died.
-    """
-    unfinished = conn.execute(
+def _unfinished(conn: Connection) -> list[RunRecord]:
+    rows = conn.execute(
         select(runs)
         .where(runs.c.status.in_([s.value for s in RESUMABLE]))
         .order_by(runs.c.id.desc())
     ).all()
-    for index, row in enumerate(unfinished):
-        record = _record(row)
-        if index == 0 and clock - record.started_at <= max_age:
-            continue
-        conn.execute(
-            update(runs)
-            .where(runs.c.id == record.id)
-            .values(status=RunStatus.ABANDONED.value, finished_at=clock)
-        )
-    if unfinished and clock - _record(unfinished[0]).started_at <= max_age:
-        return _record(unfinished[0])
+    return [_record(row) for row in rows]
+
+
+def pending_run(conn: Connection, *, clock: datetime, max_age: timedelta) -> RunRecord | None:
+    """The unfinished run that the next purge would resume (reads only)."""
+    unfinished = _unfinished(conn)
+    if unfinished and clock - unfinished[0].started_at <= max_age:
+        return unfinished[0]
     return None
 
 
-def reopen_run(conn: Connection, run: RunRecord, *, clock: datetime, plan_hash: str) -> None:
+def resumable_run(conn: Connection, *, clock: datetime, max_age: timedelta) -> RunRecord | None:
+    """The unfinished run to resume, if any; older unfinished ones are marked abandoned.
+
+    Called with the lock held, so a run still marked ``running`` has died.
+    """
+    keep = pending_run(conn, clock=clock, max_age=max_age)
+    for record in _unfinished(conn):
+        if keep is None or record.id != keep.id:
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == record.id)
+                .values(status=RunStatus.ABANDONED.value, finished_at=clock)
+            )
+    return keep
+
+
+def reopen_run(
+    conn: Connection, run: RunRecord, *, clock: datetime, plan_hash: str, plan: Any
+) -> None:
     conn.execute(
         update(runs)
         .where(runs.c.id == run.id)
@@ -235,6 +252,7 @@ def reopen_run(conn: Connection, run: RunRecord, *, clock: datetime, plan_hash: 
             resumed=runs.c.resumed + 1,
             heartbeat_at=clock,
             plan_hash=plan_hash,
+            plan=json.dumps(plan, sort_keys=True),
             pid=os.getpid(),
             host=socket.gethostname(),
         )

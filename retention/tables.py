@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import JSON, TypeEngine
 
+from .errors import UsageError
+
 
 class UUIDType(TypeDecorator[UUID]):
     """Native ``uuid`` on PostgreSQL, canonical 36-character text elsewhere."""
@@ -99,6 +101,10 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Columns of the reference schema that the worker does not need but may be renamed too.
+OPTIONAL_COLUMNS = {"events.id", "events._xact_id", "events.data", "objects.name"}
+
+
 @dataclass(frozen=True)
 class DataPlaneTables:
     events: Table
@@ -127,6 +133,11 @@ def build_tables(
     ``columns`` maps ``"events.created"`` (role.column) to the column's real name.
     """
     renamed = columns or {}
+    for key in renamed:
+        role, _, name = key.partition(".")
+        if name not in REQUIRED_COLUMNS.get(role, ()) and key not in OPTIONAL_COLUMNS:
+            known = ", ".join(f"{r}.{c}" for r, cs in REQUIRED_COLUMNS.items() for c in cs)
+            raise UsageError(f"RETENTION_TABLE_COLUMNS: unknown column {key!r} (known: {known})")
 
     def col(role: str, name: str, *args: Any, **kwargs: Any) -> Column[Any]:
         real = renamed.get(f"{role}.{name}", name)

@@ -158,7 +158,7 @@ def test_output_file_and_formats(setup: tuple[str, dict[str, str], Path], tmp_pa
 
 def test_purge_deletes_and_reports(setup: tuple[str, dict[str, str], Path]) -> None:
     url, env, _ = setup
-    result = run("purge", "--format", "json", "--batch-size", "2", env=env)
+    result = run("purge", "--format", "json", "--batch-size", "2", "--allow-large-deletes", env=env)
     assert result.code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["dry_run"] is False and doc["status"] == "succeeded"
@@ -166,13 +166,14 @@ def test_purge_deletes_and_reports(setup: tuple[str, dict[str, str], Path]) -> N
     assert _count(url) == 31 - 17
     assert _count(url, "substr(id, 1, 3) = 'l2-'") == 5  # held
     assert _count(url, "substr(id, 1, 3) = 'en-'") == 4  # new experiment
-    again = run("purge", "--format", "json", env=env)
+    again = run("purge", "--format", "json", env=env)  # no longer a first run
     assert again.code == 0 and json.loads(again.stdout)["totals"]["rows"] == 0
 
 
 def test_purge_never_prompts_without_a_terminal(setup: tuple[str, dict[str, str], Path]) -> None:
     url, env, _ = setup
-    result = run("purge", env=env, timeout=60)  # stdin is /dev/null: no prompt, no hang
+    # stdin is /dev/null: no prompt, no hang
+    result = run("purge", "--allow-large-deletes", env=env, timeout=60)
     assert result.code == 0, result.stderr
     assert _count(url) == 14
 
@@ -288,7 +289,7 @@ def test_expired_hold_is_a_warning_not_an_error(setup: tuple[str, dict[str, str]
     )
     assert "expires = 2026-10-01" in expired
     (policies / "org.toml").write_text(expired)
-    result = run("purge", "--format", "json", env=env)
+    result = run("purge", "--format", "json", "--allow-large-deletes", env=env)
     assert result.code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert any("expired; ignored" in w for w in doc["warnings"])

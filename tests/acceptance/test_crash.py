@@ -66,7 +66,7 @@ def _kill_after(url: str, env: dict[str, str], deleted: int) -> bool:
     """
     remaining_below = _count(url) - deleted + 1
     process = subprocess.Popen(
-        [retention_command(), "purge", "--yes"],
+        [retention_command(), "purge", "--yes", "--allow-large-deletes"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -116,7 +116,7 @@ def test_sigkill_at_random_points_then_rerun(
     to_delete = len(scenario.events) - len(expected)
     assert to_delete > 5000
 
-    calm = run("purge", "--yes", env=_env(calm_url, policy_dir))
+    calm = run("purge", "--yes", "--allow-large-deletes", env=_env(calm_url, policy_dir))
     assert calm.code == 0, calm.stderr
 
     rng = random.Random(2026)
@@ -128,7 +128,14 @@ def test_sigkill_at_random_points_then_rerun(
         assert expected <= surviving_rows(engine_for(killed_url))
     assert landed >= 3, "the kills should land mid-run"
 
-    final = run("purge", "--yes", "--format", "json", env=_env(killed_url, policy_dir))
+    final = run(
+        "purge",
+        "--yes",
+        "--allow-large-deletes",
+        "--format",
+        "json",
+        env=_env(killed_url, policy_dir),
+    )
     assert final.code == 0, final.stderr
 
     assert surviving_rows(engine_for(killed_url)) == surviving_rows(engine_for(calm_url))

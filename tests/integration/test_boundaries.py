@@ -10,9 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retention import engine as engine_module
 from tests.conftest import engine_for
-from tests.integration.helpers import worker, write_policies
+from tests.integration.helpers import purge, worker, write_policies
 from tests.support import NOW, Scenario, insert, policy_toml, surviving_rows
 
 PROJECT = uuid.UUID("77777777-7777-4777-8777-777777777777")
@@ -48,6 +47,6 @@ def test_exactly_the_rows_before_the_cutoff_go(
     insert(engine_for(url), scenario)
     policies = write_policies(folder / "p", policy_toml(defaults={"project_logs": days}, floor=0))
 
-    engine_module.purge(worker(url, policies, batch_size=batch_size))
+    purge(worker(url, policies, batch_size=batch_size))
 
     assert surviving_rows(engine_for(url)) == expected

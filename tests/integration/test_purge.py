@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from retention import engine as engine_module
 from retention.models import RunStatus
 from tests.conftest import engine_for
-from tests.integration.helpers import StopAfter, worker, write_policies
+from tests.integration.helpers import StopAfter, purge, worker, write_policies
 from tests.support import (
     NOW,
     Expect,
@@ -74,7 +74,7 @@ def test_purge_deletes_exactly_what_expired(db_url: str, tmp_path: Path) -> None
     survivors = expect.survivors(scenario)
     assert 0 < len(survivors) < len(scenario.events)  # the scenario deletes some, keeps some
 
-    report = engine_module.purge(worker(db_url, policy_dir, batch_size=37))
+    report = purge(worker(db_url, policy_dir, batch_size=37))
 
     assert report.status is RunStatus.SUCCEEDED
     assert surviving_rows(engine) == survivors
@@ -90,9 +90,9 @@ def test_purge_deletes_exactly_what_expired(db_url: str, tmp_path: Path) -> None
 def test_plan_counts_match_the_purge(db_url: str, tmp_path: Path) -> None:
     scenario, expect, policy_dir, _ = _setup(db_url, tmp_path, seed=2)
     plan = engine_module.plan(worker(db_url, policy_dir))
-    purge = engine_module.purge(worker(db_url, policy_dir))
+    purged = purge(worker(db_url, policy_dir))
     planned = {t.key: t.counts.rows for t in plan.plan.targets}
-    deleted = {o.target.key: o.rows for o in purge.outcomes}
+    deleted = {o.target.key: o.rows for o in purged.outcomes}
     assert planned == deleted
     assert sum(planned.values()) == len(scenario.events) - len(expect.survivors(scenario))
     # targets without a policy or hold are not in the plan
@@ -142,7 +142,7 @@ def test_rows_exactly_at_the_cutoff_survive(db_url: str, tmp_path: Path) -> None
         ),
     )
 
-    engine_module.purge(worker(db_url, policy_dir, batch_size=1))
+    purge(worker(db_url, policy_dir, batch_size=1))
 
     assert surviving_rows(engine) == {"logs-at", "logs-after", "ds-at", "ds-after", "exp-at-row"}
     assert ("experiment", str(at)) in registry(engine)
@@ -159,7 +159,7 @@ def test_floor_clamps_a_zero_day_policy(db_url: str, tmp_path: Path) -> None:
     insert(engine, scenario)
     policy_dir = write_policies(tmp_path / "p", policy_toml(defaults={"project_logs": 0}))
 
-    report = engine_module.purge(worker(db_url, policy_dir))
+    report = purge(worker(db_url, policy_dir))
 
     assert surviving_rows(engine) == {"recent"}
     target = report.plan.targets[0]
@@ -172,7 +172,7 @@ def test_no_policy_deletes_nothing(db_url: str, tmp_path: Path) -> None:
     scenario = generate(3, projects=2, events=300)
     engine = engine_for(db_url)
     insert(engine, scenario)
-    report = engine_module.purge(worker(db_url, write_policies(tmp_path / "p", "")))
+    report = purge(worker(db_url, write_policies(tmp_path / "p", "")))
     assert report.status is RunStatus.SUCCEEDED
     assert report.plan.targets == ()
     assert len(surviving_rows(engine)) == 300
@@ -180,14 +180,14 @@ def test_no_policy_deletes_nothing(db_url: str, tmp_path: Path) -> None:
 
 def test_interrupted_run_resumes_with_its_pinned_now(db_url: str, tmp_path: Path) -> None:
     scenario, expect, policy_dir, engine = _setup(db_url, tmp_path, seed=4)
-    first = engine_module.purge(worker(db_url, policy_dir, batch_size=20, should_stop=StopAfter(7)))
+    first = purge(worker(db_url, policy_dir, batch_size=20, should_stop=StopAfter(7)))
     assert first.status is RunStatus.PARTIAL
     deleted_so_far = len(scenario.events) - len(surviving_rows(engine))
     assert deleted_so_far > 0
 
     # The resumed run is started a day later; it keeps the first run's pinned now.
     later = NOW + timedelta(days=1)
-    second = engine_module.purge(worker(db_url, policy_dir, batch_size=20, now=later))
+    second = purge(worker(db_url, policy_dir, batch_size=20, now=later))
 
     assert second.resumed and second.run_id == first.run_id
     assert second.plan.now == NOW
@@ -205,7 +205,7 @@ def test_interrupted_run_resumes_with_its_pinned_now(db_url: str, tmp_path: Path
 
 def test_checkpoint_and_receipts_agree_with_deleted_rows(db_url: str, tmp_path: Path) -> None:
     scenario, _, policy_dir, engine = _setup(db_url, tmp_path, seed=5)
-    engine_module.purge(worker(db_url, policy_dir, batch_size=25, should_stop=StopAfter(11)))
+    purge(worker(db_url, policy_dir, batch_size=25, should_stop=StopAfter(11)))
     deleted = len(scenario.events) - len(surviving_rows(engine))
     with engine.connect() as conn:
         checkpointed = conn.exec_driver_sql("SELECT sum(rows) FROM retention_checkpoints").scalar()
@@ -215,7 +215,7 @@ def test_checkpoint_and_receipts_agree_with_deleted_rows(db_url: str, tmp_path: 
 
 def test_receipts_walk_keys_in_order(db_url: str, tmp_path: Path) -> None:
     _, _, policy_dir, engine = _setup(db_url, tmp_path, seed=6)
-    engine_module.purge(worker(db_url, policy_dir, batch_size=10))
+    purge(worker(db_url, policy_dir, batch_size=10))
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
@@ -242,14 +242,14 @@ def _key(text: str) -> tuple[str, int]:
 
 def test_changed_policy_on_resume_never_deletes_more(db_url: str, tmp_path: Path) -> None:
     _, _, policy_dir, engine = _setup(db_url, tmp_path, seed=7)
-    engine_module.purge(worker(db_url, policy_dir, batch_size=15, should_stop=StopAfter(3)))
+    purge(worker(db_url, policy_dir, batch_size=15, should_stop=StopAfter(3)))
     before = surviving_rows(engine)
     # every policy lengthened to 1000 days before the resume: nothing more may go
     write_policies(
         policy_dir,
         policy_toml(defaults={"project_logs": 1000, "experiment": 1000, "dataset": 1000}),
     )
-    report = engine_module.purge(worker(db_url, policy_dir))
+    report = purge(worker(db_url, policy_dir))
     assert report.resumed
     assert surviving_rows(engine) == before
     assert all(t.resolution.retention_days == 1000 for t in report.plan.targets)
@@ -260,6 +260,6 @@ def test_batch_size_does_not_change_the_result(
     db_url: str, tmp_path: Path, batch_size: int
 ) -> None:
     scenario, expect, policy_dir, engine = _setup(db_url, tmp_path, seed=8, events=400)
-    engine_module.purge(worker(db_url, policy_dir, batch_size=batch_size))
+    purge(worker(db_url, policy_dir, batch_size=batch_size))
     assert surviving_rows(engine) == expect.survivors(scenario)
     assert registry(engine) == expect.registry(scenario)

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from retention import engine as engine_module
 from retention import state
 from retention.db import make_engine, parse_database_url
-from retention.errors import DatabaseError, LockedError, SchemaError
+from retention.errors import DatabaseError, LockedError, SchemaError, UsageError
 from tests.conftest import engine_for, prepare
-from tests.integration.helpers import worker, write_policies
+from tests.integration.helpers import purge, worker, write_policies
 from tests.pg import free_port
 from tests.support import generate, insert, policy_toml
 
@@ -51,7 +51,7 @@ def _policies(tmp_path: Path) -> Path:
 def test_dry_run_leaves_every_table_unchanged(db_url: str, tmp_path: Path) -> None:
     insert(engine_for(db_url), generate(11, events=800))
     policy_dir = _policies(tmp_path)
-    engine_module.purge(worker(db_url, policy_dir, should_stop=lambda: False, batch_size=5000))
+    purge(worker(db_url, policy_dir, should_stop=lambda: False, batch_size=5000))
     insert(engine_for(db_url), generate(12, events=800))  # something expired again
     before = _fingerprint(db_url)
 
@@ -92,7 +92,7 @@ def test_purge_refuses_without_worker_tables(empty_pg_url: str, tmp_path: Path) 
     prepare(empty_pg_url, worker_tables=False)
     insert(engine_for(empty_pg_url), generate(15, events=200))
     with pytest.raises(SchemaError, match="retention db upgrade"):
-        engine_module.purge(worker(empty_pg_url, _policies(tmp_path)))
+        purge(worker(empty_pg_url, _policies(tmp_path)))
     with engine_for(empty_pg_url).connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 200
 
@@ -122,7 +122,7 @@ def test_missing_table_or_column_fails_closed(
     if message is None:  # segments are not needed yet
         engine_module.plan(worker(db_url, policy_dir))
         return
-    for call in (engine_module.plan, engine_module.purge):
+    for call in (engine_module.plan, purge):
         with pytest.raises(SchemaError, match=message):
             call(worker(db_url, policy_dir))
     with engine_for(db_url).connect() as conn:
@@ -136,18 +136,21 @@ def test_configured_table_and_column_names(pg_url: str, tmp_path: Path) -> None:
         conn.exec_driver_sql("ALTER TABLE log_rows RENAME COLUMN created TO ts")
     policy_dir = _policies(tmp_path)
     w = worker(pg_url, policy_dir, table_events="log_rows", table_columns="events.ts_typo=x")
-    with pytest.raises(SchemaError, match="missing column 'created'"):
+    with pytest.raises(UsageError, match=r"unknown column 'events\.ts_typo'"):
+        engine_module.plan(w)
+    w = worker(pg_url, policy_dir, table_events="log_rows")
+    with pytest.raises(SchemaError, match="table 'log_rows' is missing column 'created'"):
         engine_module.plan(w)
     w = worker(pg_url, policy_dir, table_events="log_rows", table_columns="events.created=ts")
     planned = engine_module.plan(w)
-    done = engine_module.purge(w)
+    done = purge(w)
     assert sum(t.counts.rows for t in planned.plan.targets) == sum(o.rows for o in done.outcomes)
     assert sum(o.rows for o in done.outcomes) > 0
 
 
 def test_unreachable_postgres_is_exit_4(tmp_path: Path) -> None:
     url = f"postgresql://nobody:secret-pw@127.0.0.1:{free_port()}/nothing"
-    for call in (engine_module.plan, engine_module.purge):
+    for call in (engine_module.plan, purge):
         with pytest.raises(DatabaseError) as caught:
             call(worker(url, _policies(tmp_path)))
         assert caught.value.exit_code == 4
@@ -158,7 +161,7 @@ def test_unreachable_postgres_is_exit_4(tmp_path: Path) -> None:
 def test_missing_sqlite_file_is_exit_4(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'nope.sqlite3'}"
     with pytest.raises(DatabaseError, match="does not exist"):
-        engine_module.purge(worker(url, _policies(tmp_path)))
+        purge(worker(url, _policies(tmp_path)))
     assert not (tmp_path / "nope.sqlite3").exists()
 
 
@@ -168,7 +171,7 @@ def test_second_run_is_locked_out_on_postgres(pg_url: str, tmp_path: Path) -> No
     with holder.connect() as conn:
         conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": state.LOCK_KEY})
         with pytest.raises(LockedError) as caught:
-            engine_module.purge(worker(pg_url, _policies(tmp_path)))
+            purge(worker(pg_url, _policies(tmp_path)))
         assert caught.value.exit_code == 7
         # a dry run takes no lock
         engine_module.plan(worker(pg_url, _policies(tmp_path)))
@@ -176,7 +179,7 @@ def test_second_run_is_locked_out_on_postgres(pg_url: str, tmp_path: Path) -> No
         assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 200
         assert conn.exec_driver_sql("SELECT count(*) FROM retention_runs").scalar() == 0
     # released with the session: the next run goes ahead
-    engine_module.purge(worker(pg_url, _policies(tmp_path)))
+    purge(worker(pg_url, _policies(tmp_path)))
 
 
 def test_second_run_is_locked_out_on_sqlite(sqlite_url: str, tmp_path: Path) -> None:
@@ -186,7 +189,7 @@ def test_second_run_is_locked_out_on_sqlite(sqlite_url: str, tmp_path: Path) -> 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         with pytest.raises(LockedError):
-            engine_module.purge(worker(sqlite_url, _policies(tmp_path)))
+            purge(worker(sqlite_url, _policies(tmp_path)))
     finally:
         os.close(fd)
-    engine_module.purge(worker(sqlite_url, _policies(tmp_path)))
+    purge(worker(sqlite_url, _policies(tmp_path)))

@@ -183,14 +183,14 @@ def target_holds(scenario: Scenario, project: UUID, object_type: ObjectType) -> 
 
 
 def object_holds(scenario: Scenario, project: UUID, object_type: ObjectType) -> list[Hold]:
+    del project
     return [
         h
         for h in scenario.holds
         if is_active(h, scenario.now)
-        and h.project_id == project
         and h.object_id is not None
         and h.object_type in (None, object_type)
-    ]
+    ]  # object ids are unique: an object hold applies in whichever project holds the object
 
 
 def expected_projects(scenario: Scenario) -> set[UUID]:
@@ -765,3 +765,27 @@ def test_hold_of_one_type_leaves_other_types_to_the_rules() -> None:
     assert resolved.get(P1, ObjectType.EXPERIMENT).cutoff is None
     assert resolved.get(P1, ObjectType.PROJECT_LOGS).cutoff == NOW - timedelta(days=10)
     assert resolved.get(P1, ObjectType.DATASET).cutoff is None  # no rule for datasets
+
+
+def test_an_object_hold_naming_the_wrong_project_still_keeps_the_object() -> None:
+    named, actual = UUID(int=1, version=4), UUID(int=2, version=4)
+    experiment = UUID(int=3, version=4)
+    hold = Hold(
+        project_id=named,
+        reason="baseline",
+        origin="h.toml",
+        object_type=ObjectType.EXPERIMENT,
+        object_id=experiment,
+    )
+    rules = (
+        RetentionRule(
+            object_type=ObjectType.EXPERIMENT,
+            days=10,
+            kind=SourceKind.LOCAL_DEFAULT,
+            origin="d.toml",
+        ),
+    )
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    resolved = resolve([PolicySet(source="s", rules=rules, holds=(hold,))], [actual], now)
+    assert resolved.get(actual, ObjectType.EXPERIMENT).held_object_ids == {experiment}
+    assert resolved.get(actual, ObjectType.DATASET).held_object_ids == frozenset()
