@@ -217,7 +217,7 @@ def _locked_purge(
         )
         now = resumed.pinned_now
     the_plan = _plan(conn, worker, policy_sets, now)
-    planned = time.monotonic()
+    plan_done = time.monotonic()
     guarded = guard(
         the_plan.targets,
         GuardSettings(
@@ -286,15 +286,23 @@ def _locked_purge(
             else:
                 outcomes.append(purge_target(ctx, target, found))
     except BaseException as error:
-        _finish(conn, worker, run_id, RunStatus.FAILED, outcomes, error=_error_text(error))
+        _finish(conn, worker, run_id, RunStatus.FAILED, error=_error_text(error))
         raise
+    planned = {t.key for t in the_plan.targets}
+    earlier = [c for key, c in checkpoints.items() if key not in planned and c.rows + c.objects]
+    warnings = list(the_plan.warnings) + [
+        f"run {run_id} deleted {c.rows:,} rows"
+        + (f" and {c.objects:,} experiments" if c.objects else "")
+        + f" in earlier attempts for {c.target}, no longer planned (see its receipts)"
+        for c in earlier
+    ]
     if any(o.phase is not Phase.DONE for o in outcomes):
         status = RunStatus.PARTIAL
     elif guarded:
         status = RunStatus.GUARDED
     else:
         status = RunStatus.SUCCEEDED
-    _finish(conn, worker, run_id, status, outcomes)
+    _finish(conn, worker, run_id, status)
     return RunReport(
         plan=the_plan,
         dry_run=False,
@@ -302,10 +310,10 @@ def _locked_purge(
         status=status,
         resumed=resumed is not None,
         outcomes=tuple(outcomes),
-        warnings=the_plan.warnings,
+        warnings=tuple(warnings),
         timings={
-            "plan": round(planned - started, 3),
-            "delete": round(time.monotonic() - planned, 3),
+            "plan": round(plan_done - started, 3),
+            "delete": round(time.monotonic() - plan_done, 3),
         },
     )
 
@@ -320,7 +328,6 @@ def _finish(
     worker: Worker,
     run_id: int,
     status: RunStatus,
-    outcomes: Sequence[TargetOutcome],
     error: str | None = None,
 ) -> None:
     try:
@@ -332,7 +339,6 @@ def _finish(
                 run_id,
                 status=status,
                 clock=worker.clock(),
-                rows=sum(o.rows for o in outcomes),
                 error=error,
             )
     except Exception:  # the original error matters more; the run stays resumable

@@ -59,6 +59,7 @@ def target_document(target: Target, outcome: TargetOutcome | None = None) -> dic
             batches=outcome.batches,
             phase=outcome.phase.value,
             note=outcome.note,
+            guard=outcome.guard or None,
         )
     return doc
 
@@ -129,6 +130,8 @@ def _note(doc: dict[str, Any]) -> str:
         notes.append(f"floor {days_text(doc['floor_days'])}d (policy {doc['policy_days']}d)")
     if doc.get("note"):
         notes.append(doc["note"])
+    if doc.get("guard"):
+        notes.append(f"GUARDED: {doc['guard']}")
     return "; ".join(notes)
 
 

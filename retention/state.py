@@ -265,11 +265,16 @@ def finish_run(
     *,
     status: RunStatus,
     clock: datetime,
-    rows: int,
     segments: int = 0,
     byte_count: int = 0,
     error: str | None = None,
 ) -> None:
+    # Totals from the checkpoints: they also count what earlier attempts of the run deleted.
+    deleted = (
+        select(func.coalesce(func.sum(checkpoints.c.rows), 0))
+        .where(checkpoints.c.run_id == run_id)
+        .scalar_subquery()
+    )
     conn.execute(
         update(runs)
         .where(runs.c.id == run_id)
@@ -277,7 +282,7 @@ def finish_run(
             status=status.value,
             finished_at=clock,
             heartbeat_at=clock,
-            rows=rows,
+            rows=deleted,
             segments=segments,
             bytes=byte_count,
             error=error,

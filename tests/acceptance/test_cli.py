@@ -388,3 +388,33 @@ def _json_blocks(text: str) -> list[str]:
             if depth == 0:
                 blocks.append(text[start : i + 1])
     return blocks
+
+
+def test_unwritable_output_fails_before_deleting(
+    setup: tuple[str, dict[str, str], Path], tmp_path: Path
+) -> None:
+    url, env, _ = setup
+    target = tmp_path / "no-such-dir" / "report.json"
+    result = run("purge", "--yes", "--allow-large-deletes", "--output", str(target), env=env)
+    assert result.code == 2 and "cannot write report" in result.stderr
+    assert _count(url) == 31
+
+
+def test_first_run_is_guarded_on_the_command_line(
+    setup: tuple[str, dict[str, str], Path],
+) -> None:
+    url, env, _ = setup
+    result = run("purge", "--yes", "--format", "json", env=env)
+    assert result.code == 6, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "guarded" and doc["totals"]["rows"] == 0
+    guarded = [t for t in doc["targets"] if t["guard"]]
+    assert {(t["project_id"], t["object_type"]) for t in guarded} == {
+        (str(P1), "project_logs"),
+        (str(P1), "experiment"),
+        (str(P1), "dataset"),
+    }
+    assert all("first run on this database" in t["guard"] for t in guarded)
+    assert _count(url) == 31
+    allowed = run("purge", "--yes", "--allow-large-deletes", env=env)
+    assert allowed.code == 0 and _count(url) == 14

@@ -193,3 +193,17 @@ def test_second_run_is_locked_out_on_sqlite(sqlite_url: str, tmp_path: Path) -> 
     finally:
         os.close(fd)
     purge(worker(sqlite_url, _policies(tmp_path)))
+
+
+def test_sqlite_lock_holds_through_a_symlinked_path(sqlite_url: str, tmp_path: Path) -> None:
+    insert(engine_for(sqlite_url), generate(20, events=100))
+    real = parse_database_url(sqlite_url).sqlite_path
+    link = tmp_path / "elsewhere.sqlite3"
+    link.symlink_to(real)
+    fd = os.open(real.with_name(real.name + ".lock"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(LockedError):
+            purge(worker(f"sqlite:///{link}", _policies(tmp_path)))
+    finally:
+        os.close(fd)
