@@ -4,7 +4,7 @@ The library is usable without the CLI: build ``Settings``, wrap them in a ``Work
 an injected clock and policy sources if you like), and call ``plan`` or ``purge``.
 """
 
-from .engine import Worker, explain, plan, purge
+from .engine import explain, plan, purge
 from .errors import (
     ControlPlaneError,
     DatabaseError,
@@ -18,6 +18,7 @@ from .errors import (
 )
 from .models import ObjectType, Plan, PolicySet, Resolution, RunReport, RunStatus, Target
 from .settings import Settings, load_settings
+from .worker import Worker
 
 __version__ = "0.1.0"
 

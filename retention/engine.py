@@ -13,73 +13,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import Connection
 
 from . import dataplane, migrate, report, state
-from .db import Database, make_engine, parse_database_url, snapshot, translate_errors
+from .db import make_engine, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
-from .errors import UsageError
 from .guards import GuardSettings, guard
-from .models import Phase, Plan, PolicySet, RunReport, RunStatus, TargetOutcome
+from .models import Phase, Plan, PolicySet, RunReport, RunStatus, Target, TargetOutcome
 from .planner import build_plan, resolve_for_data_plane
 from .policy import Resolved
-from .settings import Settings
-from .sources import LocalPolicySource, PolicySource
-from .tables import DataPlaneTables, build_tables
+from .state import Checkpoint
+from .tables import DataPlaneTables
+from .worker import Worker, utc_now
+
+__all__ = ["Worker", "explain", "plan", "purge", "utc_now"]
 
 log = logging.getLogger(__name__)
-
-# A pinned `now` may lead the local clock by this much at most (clock skew between hosts).
-MAX_NOW_LEAD = timedelta(minutes=1)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Worker:
-    """What a run needs from the outside world."""
-
-    settings: Settings
-    sources: Sequence[PolicySource]
-    clock: Callable[[], datetime] = utc_now
-    should_stop: Callable[[], bool] = field(default=lambda: False)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: object) -> Worker:
-        source = LocalPolicySource(settings.policy_dir, required=settings.policy_dir_required)
-        return cls(settings=settings, sources=(source,), **kwargs)  # type: ignore[arg-type]
-
-    @property
-    def database(self) -> Database:
-        return parse_database_url(self.settings.resolved_database_url)
-
-    @property
-    def tables(self) -> DataPlaneTables:
-        s = self.settings
-        return build_tables(
-            events=s.table_events,
-            objects=s.table_objects,
-            segments=s.table_segments,
-            columns=s.table_columns,
-        )
-
-    def pinned_now(self) -> datetime:
-        clock = self.clock()
-        now = self.settings.now or clock
-        if now > clock + MAX_NOW_LEAD:
-            raise UsageError(
-                f"pinned now {now.isoformat()} is in the future (clock {clock.isoformat()})"
-            )
-        return now
-
-    def load_policies(self) -> list[PolicySet]:
-        """Every source completely, or an exception: never a half-read policy set."""
-        return [source.load() for source in self.sources]
 
 
 def _check_data_plane(conn: Connection, tables: DataPlaneTables) -> None:
@@ -260,31 +211,7 @@ def _locked_purge(
     outcomes: list[TargetOutcome] = []
     try:
         for target in the_plan.targets:
-            found = checkpoints.get(target.key)
-            if target.key in guarded:
-                log.warning("target=%s guarded: %s", target.key, guarded[target.key])
-                outcomes.append(
-                    TargetOutcome(
-                        target=target,
-                        rows=found.rows if found else 0,
-                        objects=found.objects if found else 0,
-                        phase=Phase.DONE,
-                        guard=guarded[target.key],
-                    )
-                )
-            elif not target.resolution.deletes or not (
-                target.counts.rows or target.counts.objects or found
-            ):
-                outcomes.append(
-                    TargetOutcome(
-                        target=target,
-                        rows=found.rows if found else 0,
-                        objects=found.objects if found else 0,
-                        phase=Phase.DONE,
-                    )
-                )
-            else:
-                outcomes.append(purge_target(ctx, target, found))
+            outcomes.append(_purge_or_skip(ctx, target, checkpoints.get(target.key), guarded))
     except BaseException as error:
         _finish(conn, worker, run_id, RunStatus.FAILED, error=_error_text(error))
         raise
@@ -315,6 +242,28 @@ def _locked_purge(
             "plan": round(plan_done - started, 3),
             "delete": round(time.monotonic() - plan_done, 3),
         },
+    )
+
+
+def _purge_or_skip(
+    ctx: BatchContext, target: Target, found: Checkpoint | None, guarded: dict[str, str]
+) -> TargetOutcome:
+    """Purge the target unless a guard holds it back or there is nothing to do.
+
+    A skipped target still reports what earlier attempts of this run deleted from it.
+    """
+    reason = guarded.get(target.key, "")
+    counts = target.counts
+    if not reason and target.resolution.deletes and (counts.rows or counts.objects or found):
+        return purge_target(ctx, target, found)
+    if reason:
+        log.warning("target=%s guarded: %s", target.key, reason)
+    return TargetOutcome(
+        target=target,
+        rows=found.rows if found else 0,
+        objects=found.objects if found else 0,
+        phase=Phase.DONE,
+        guard=reason,
     )
 
 

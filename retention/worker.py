@@ -1,0 +1,63 @@
+"""What a run needs from the outside world: settings, policy sources, a clock, a stop flag."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from .db import Database, parse_database_url
+from .errors import UsageError
+from .models import PolicySet
+from .settings import Settings
+from .sources import LocalPolicySource, PolicySource
+from .tables import DataPlaneTables, build_tables
+
+# A pinned `now` may lead the local clock by this much at most (clock skew between hosts).
+MAX_NOW_LEAD = timedelta(minutes=1)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """What a run needs from the outside world."""
+
+    settings: Settings
+    sources: Sequence[PolicySource]
+    clock: Callable[[], datetime] = utc_now
+    should_stop: Callable[[], bool] = field(default=lambda: False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: object) -> Worker:
+        source = LocalPolicySource(settings.policy_dir, required=settings.policy_dir_required)
+        return cls(settings=settings, sources=(source,), **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def database(self) -> Database:
+        return parse_database_url(self.settings.resolved_database_url)
+
+    @property
+    def tables(self) -> DataPlaneTables:
+        s = self.settings
+        return build_tables(
+            events=s.table_events,
+            objects=s.table_objects,
+            segments=s.table_segments,
+            columns=s.table_columns,
+        )
+
+    def pinned_now(self) -> datetime:
+        clock = self.clock()
+        now = self.settings.now or clock
+        if now > clock + MAX_NOW_LEAD:
+            raise UsageError(
+                f"pinned now {now.isoformat()} is in the future (clock {clock.isoformat()})"
+            )
+        return now
+
+    def load_policies(self) -> list[PolicySet]:
+        """Every source completely, or an exception: never a half-read policy set."""
+        return [source.load() for source in self.sources]
