@@ -195,6 +195,8 @@ def _confirm() -> Callable[[Plan], bool]:
 
 def _purge(args: argparse.Namespace, settings: Settings) -> int:
     _check_writable(args.output)
+    # The handlers stay in place while the report is written: a signal then must not kill
+    # the process with a signal status after the run was recorded.
     with stop_on_signals() as stop:
         worker = engine.Worker.from_settings(settings, should_stop=stop)
         if args.dry_run:
@@ -204,15 +206,15 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
             result = engine.purge(
                 worker, confirm=confirm, allow_large_deletes=args.allow_large_deletes
             )
-    if not args.dry_run and result.status is None:
-        print("aborted; nothing deleted", file=sys.stderr)
-        return int(ExitCode.OK)
-    code = int(_RUN_EXIT[result.status]) if result.status else 0
-    try:
-        _emit(report.render(result, args.format), args.output)
-    except BrokenPipeError:  # the work is done; its exit code still tells what happened
-        _silence_stdout()
-    return code
+        if not args.dry_run and result.status is None:
+            print("aborted; nothing deleted", file=sys.stderr)
+            return int(ExitCode.OK)
+        code = int(_RUN_EXIT[result.status]) if result.status else 0
+        try:
+            _emit(report.render(result, args.format), args.output)
+        except BrokenPipeError:  # the work is done; its exit code still tells what happened
+            _silence_stdout()
+        return code
 
 
 def _silence_stdout() -> None:

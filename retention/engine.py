@@ -279,6 +279,11 @@ def _finish(
     status: RunStatus,
     error: str | None = None,
 ) -> None:
+    if conn.invalidated:
+        # The session (and with it the run lock) is gone. A new session would write without
+        # the lock, perhaps over a run that resumed meanwhile: leave the run to be resumed.
+        log.warning("run %d: database session lost; the next run resumes it", run_id)
+        return
     try:
         if conn.in_transaction():
             conn.rollback()

@@ -143,10 +143,12 @@ def run_lock(engine: Engine, database: Database) -> Iterator[Connection]:
         try:
             yield conn
         finally:
-            with contextlib.suppress(Exception):  # a lost session has released it already
-                conn.rollback()
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
-                conn.commit()
+            # A lost session took its lock with it; never unlock on a new session.
+            if not conn.invalidated:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+                    conn.commit()
 
 
 # A run in one of these states did not finish; the next run resumes it (same pinned now).
