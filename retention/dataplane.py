@@ -199,8 +199,24 @@ def count_target(conn: Connection, tables: DataPlaneTables, resolution: Resoluti
     if resolution.cutoff is not None and resolution.object_type is ObjectType.EXPERIMENT:
         expired = _expired_experiments(tables, resolution).subquery()
         objects = conn.execute(select(func.count()).select_from(expired)).scalar_one()
+    held: frozenset[UUID] = frozenset()
+    if resolution.held_object_ids:
+        ob = tables.objects
+        held = frozenset(
+            conn.execute(
+                select(ob.c.object_id).where(
+                    ob.c.project_id == resolution.project_id,
+                    ob.c.object_type == resolution.object_type.value,
+                    ob.c.object_id.in_(sorted(resolution.held_object_ids)),
+                )
+            ).scalars()
+        )
     return TargetCounts(
-        rows=int(rows), total_rows=int(total), objects=int(objects), oldest_row=oldest
+        rows=int(rows),
+        total_rows=int(total),
+        objects=int(objects),
+        oldest_row=oldest,
+        held_objects=held,
     )
 
 

@@ -215,6 +215,7 @@ class TargetCounts:
     bytes: int = 0
     straddling_segments: int = 0
     oldest_row: datetime | None = None
+    held_objects: frozenset[UUID] = frozenset()  # objects of the target that a hold keeps
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def target_document(target: Target, outcome: TargetOutcome | None = None) -> dic
         "floor_applied": r.floor_applied,
         "held": r.held,
         "hold_reason": r.hold.reason if r.hold else None,
-        "held_objects": sorted(str(o) for o in r.held_object_ids),
+        "held_objects": sorted(str(o) for o in c.held_objects),
         "rows": c.rows,
         "total_rows": c.total_rows,
         "expired_objects": c.objects,
