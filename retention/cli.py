@@ -19,6 +19,7 @@ from .errors import ExitCode, RetentionError, UsageError
 from .models import Plan, RunReport, RunStatus
 from .settings import Settings, load_settings
 from .signals import stop_on_signals
+from .sources import control_plane_source
 
 log = logging.getLogger("retention")
 
@@ -67,6 +68,14 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         metavar="TIME",
         help="RETENTION_NOW: pin 'now' (ISO 8601 with offset; never in the "
         "future), for replays and tests",
+    )
+    group.add_argument(
+        "--audit",
+        action="store_const",
+        const=True,
+        default=default,
+        help="RETENTION_AUDIT: send x-bt-enable-audit to the control plane and log the "
+        "audit headers of each response",
     )
     group.add_argument(
         "--log-level", default=default, metavar="LEVEL", help="RETENTION_LOG_LEVEL (default INFO)"
@@ -119,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override the safety guards for this run (first run on a database, "
         "RETENTION_MAX_DELETE_FRACTION), after reviewing the dry run",
     )
+    purge.add_argument(
+        "--purge-orphans",
+        action="store_true",
+        help="also delete the data of orphaned projects (deleted in, or unknown to, the "
+        "control plane); holds and the safety floor still apply",
+    )
     purge.set_defaults(handler=_purge)
 
     policies = command("policies", "effective policies per project and object type")
@@ -138,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.set_defaults(handler=_db)
 
+    controlplane = command("controlplane", "the control plane: check URL, token and read access")
+    controlplane.add_argument("action", choices=("check",))
+    controlplane.set_defaults(handler=_controlplane)
+
     demo_cmd = command("demo", "seed a synthetic data plane in SQLite, then dry-run and purge it")
     demo_cmd.add_argument("--events", type=int, default=120_000, metavar="N")
     demo_cmd.add_argument("--seed", type=int, default=7)
@@ -156,6 +175,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "log_level",
         "batch_size",
         "max_runtime",
+        "audit",
     )
     return load_settings(**{k: getattr(args, k, None) for k in keys})
 
@@ -200,11 +220,14 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
     with stop_on_signals() as stop:
         worker = engine.Worker.from_settings(settings, should_stop=stop)
         if args.dry_run:
-            result = engine.plan(worker)
+            result = engine.plan(worker, purge_orphans=args.purge_orphans)
         else:
             confirm = None if args.yes or not sys.stdin.isatty() else _confirm()
             result = engine.purge(
-                worker, confirm=confirm, allow_large_deletes=args.allow_large_deletes
+                worker,
+                confirm=confirm,
+                allow_large_deletes=args.allow_large_deletes,
+                purge_orphans=args.purge_orphans,
             )
         if not args.dry_run and result.status is None:
             print("aborted; nothing deleted", file=sys.stderr)
@@ -257,6 +280,28 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _controlplane(args: argparse.Namespace, settings: Settings) -> int:
+    source = control_plane_source(settings)
+    if source is None:
+        raise UsageError("BRAINTRUST_API_URL is not set: there is no control plane to check")
+    data = source.fetch()
+    deleted = sum(1 for p in data.projects if p.deleted_at is not None)
+    org = settings.org_name or "the token's organization"
+    print(f"control plane: {source.config.base_url} ({org})")
+    print(f"token: {source.token.describe()}: accepted")
+    print(
+        f"projects: {len(data.projects)} ({len(data.projects) - deleted} live, {deleted} deleted)"
+    )
+    print(f"retention automations: {len(data.rules)} project")
+    if data.org_endpoint:
+        print(f"org retention automations: {len(data.org_rules)}")
+    else:
+        print("org retention automations: none (the server has no /v1/org_automation)")
+    print(f"other automations (ignored): {data.skipped_automations}")
+    print(f"requests: {data.requests}")
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.events < 1:
         raise UsageError("--events must be at least 1")
@@ -285,6 +330,7 @@ def _configure_logging(level: str) -> None:
     )
     # alembic announces its context on every check; our own messages say what matters
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # we log requests ourselves
 
 
 def main(argv: Sequence[str] | None = None) -> int:

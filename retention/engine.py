@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -65,7 +66,11 @@ def explain(worker: Worker) -> Resolved:
 
 
 def _plan(
-    conn: Connection, worker: Worker, policy_sets: Sequence[PolicySet], now: datetime
+    conn: Connection,
+    worker: Worker,
+    policy_sets: Sequence[PolicySet],
+    now: datetime,
+    purge_orphans: bool,
 ) -> Plan:
     with snapshot(conn):  # one snapshot for every count of the plan
         return build_plan(
@@ -74,10 +79,11 @@ def _plan(
             policy_sets,
             now,
             min_retention_days=worker.settings.min_retention_days,
+            purge_orphans=purge_orphans,
         )
 
 
-def plan(worker: Worker) -> RunReport:
+def plan(worker: Worker, *, purge_orphans: bool = False) -> RunReport:
     """A dry run: the plan, in a read-only session. Takes no lock, writes nothing."""
     started = time.monotonic()
     policy_sets = worker.load_policies()
@@ -89,7 +95,7 @@ def plan(worker: Worker) -> RunReport:
         try:
             with engine.connect() as conn:
                 _check_data_plane(conn, worker.tables)
-                the_plan = _plan(conn, worker, policy_sets, now)
+                the_plan = _plan(conn, worker, policy_sets, now, purge_orphans)
                 warnings.extend(_pending_warning(conn, worker))
         finally:
             engine.dispose()
@@ -115,12 +121,23 @@ def _pending_warning(conn: Connection, worker: Worker) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-run choices of the operator (flags, not settings)."""
+
+    mode: str = "purge"
+    confirm: Callable[[Plan], bool] | None = None
+    allow_large_deletes: bool = False
+    purge_orphans: bool = False
+
+
 def purge(
     worker: Worker,
     *,
     mode: str = "purge",
     confirm: Callable[[Plan], bool] | None = None,
     allow_large_deletes: bool = False,
+    purge_orphans: bool = False,
 ) -> RunReport:
     """Plan and delete under the run lock; resume an interrupted run first."""
     policy_sets = worker.load_policies()
@@ -138,9 +155,13 @@ def purge(
                 _check_data_plane(conn, worker.tables)
                 with snapshot(conn):
                     migrate.require_current(conn)
-                return _locked_purge(
-                    conn, worker, policy_sets, now, mode, confirm, allow_large_deletes
+                options = RunOptions(
+                    mode=mode,
+                    confirm=confirm,
+                    allow_large_deletes=allow_large_deletes,
+                    purge_orphans=purge_orphans,
                 )
+                return _locked_purge(conn, worker, policy_sets, now, options)
         finally:
             engine.dispose()
 
@@ -150,9 +171,7 @@ def _locked_purge(
     worker: Worker,
     policy_sets: Sequence[PolicySet],
     now: datetime,
-    mode: str,
-    confirm: Callable[[Plan], bool] | None,
-    allow_large_deletes: bool,
+    options: RunOptions,
 ) -> RunReport:
     settings = worker.settings
     started = time.monotonic()
@@ -167,19 +186,19 @@ def _locked_purge(
             resumed.pinned_now.isoformat(),
         )
         now = resumed.pinned_now
-    the_plan = _plan(conn, worker, policy_sets, now)
+    the_plan = _plan(conn, worker, policy_sets, now, options.purge_orphans)
     plan_done = time.monotonic()
     guarded = guard(
         the_plan.targets,
         GuardSettings(
             max_delete_fraction=settings.max_delete_fraction,
             first_run=first_run,
-            allow_large_deletes=allow_large_deletes,
+            allow_large_deletes=options.allow_large_deletes,
         ),
     )
     document = report.plan_document(the_plan)
     plan_hash = report.plan_hash(document)
-    if confirm is not None and not confirm(the_plan):
+    if options.confirm is not None and not options.confirm(the_plan):
         return RunReport(plan=the_plan, dry_run=True, warnings=("aborted by the operator",))
     with conn.begin():
         if resumed is not None:
@@ -190,7 +209,12 @@ def _locked_purge(
             checkpoints = state.load_checkpoints(conn, run_id)
         else:
             run = state.start_run(
-                conn, mode=mode, now=now, clock=worker.clock(), plan_hash=plan_hash, plan=document
+                conn,
+                mode=options.mode,
+                now=now,
+                clock=worker.clock(),
+                plan_hash=plan_hash,
+                plan=document,
             )
             run_id = run.id
             checkpoints = {}

@@ -29,6 +29,7 @@ class SourceKind(StrEnum):
     LOCAL_PROJECT = "local-project"
     PROJECT_AUTOMATION = "project-automation"
     ORG_AUTOMATION = "org-automation"
+    ORPHAN = "purge-orphans"  # --purge-orphans: every row of a project the control plane lacks
 
 
 class RunStatus(StrEnum):

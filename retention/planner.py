@@ -12,8 +12,18 @@ from uuid import UUID
 from sqlalchemy import Connection
 
 from . import dataplane
-from .models import Orphan, Plan, PolicySet, ProjectInfo, Target
-from .policy import Resolved, resolve
+from .models import (
+    OBJECT_TYPES,
+    Orphan,
+    Plan,
+    PolicySet,
+    ProjectInfo,
+    Resolution,
+    RetentionRule,
+    SourceKind,
+    Target,
+)
+from .policy import Resolved, resolve, resolve_one
 from .tables import DataPlaneTables
 
 
@@ -66,6 +76,36 @@ def resolve_for_data_plane(
     return resolved, orphans
 
 
+def orphan_resolutions(
+    orphans: dict[UUID, str], policy_sets: Sequence[PolicySet], resolved: Resolved
+) -> tuple[Resolution, ...]:
+    """--purge-orphans: every object type of every orphan expires, up to the safety floor.
+
+    Holds still win, and the floor still keeps the newest data.
+    """
+    holds = [h for s in policy_sets for h in s.holds]
+    return tuple(
+        resolve_one(
+            project,
+            object_type,
+            rules=[
+                RetentionRule(
+                    object_type=object_type,
+                    days=0,
+                    kind=SourceKind.ORPHAN,
+                    origin=f"--purge-orphans ({reason})",
+                    project_id=project,
+                )
+            ],
+            holds=holds,
+            floor=resolved.floor_days,
+            now=resolved.now,
+        )
+        for project, reason in sorted(orphans.items())
+        for object_type in OBJECT_TYPES
+    )
+
+
 def build_plan(
     conn: Connection,
     tables: DataPlaneTables,
@@ -73,14 +113,16 @@ def build_plan(
     now: datetime,
     *,
     min_retention_days: float | None,
+    purge_orphans: bool = False,
 ) -> Plan:
     resolved, orphans = resolve_for_data_plane(
         conn, tables, policy_sets, now, min_retention_days=min_retention_days
     )
+    resolutions = [r for r in resolved.resolutions if r.has_policy_or_hold]
+    if purge_orphans:
+        resolutions.extend(orphan_resolutions(orphans, policy_sets, resolved))
     targets = tuple(
-        Target(resolution=r, counts=dataplane.count_target(conn, tables, r))
-        for r in resolved.resolutions
-        if r.has_policy_or_hold
+        Target(resolution=r, counts=dataplane.count_target(conn, tables, r)) for r in resolutions
     )
     orphan_rows = dataplane.rows_by_project(conn, tables, sorted(orphans))
     warnings = list(resolved.warnings) + _hold_warnings(conn, tables, policy_sets, now)

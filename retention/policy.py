@@ -30,6 +30,7 @@ DEFAULT_MIN_RETENTION_DAYS = 1.0
 
 # Between equally short rules the more specific one is named as the winner.
 _KIND_ORDER = {
+    SourceKind.ORPHAN: -1,
     SourceKind.PROJECT_AUTOMATION: 0,
     SourceKind.LOCAL_PROJECT: 1,
     SourceKind.ORG_AUTOMATION: 2,
@@ -60,10 +61,18 @@ def floor_days(policy_sets: Sequence[PolicySet], configured: float | None) -> fl
 
 
 def projects_named(policy_sets: Sequence[PolicySet]) -> set[UUID]:
-    """Projects that a per-project rule or a hold names."""
+    """Projects that a local per-project rule or a hold names.
+
+    They are resolved (and explained) even without data. Control-plane automations are not
+    counted: an org lists thousands of projects, and those without data need no target.
+    """
     named: set[UUID] = set()
     for policy_set in policy_sets:
-        named.update(r.project_id for r in policy_set.rules if r.project_id is not None)
+        named.update(
+            r.project_id
+            for r in policy_set.rules
+            if r.project_id is not None and r.kind is SourceKind.LOCAL_PROJECT
+        )
         named.update(h.project_id for h in policy_set.holds)
     return named
 

@@ -9,7 +9,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from .errors import UsageError
@@ -120,6 +127,49 @@ class Settings(BaseSettings):
         validation_alias=_env("RETENTION_TABLE_COLUMNS"),
         description="renamed columns, 'events.created=ts,objects.created=born'",
     )
+    # The control plane (DESIGN §6). Unset URL: local policy files only.
+    api_url: str | None = Field(default=None, validation_alias=_env("BRAINTRUST_API_URL"))
+    org_name: str | None = Field(default=None, validation_alias=_env("BRAINTRUST_ORG_NAME"))
+    service_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("RETENTION_SERVICE_TOKEN")
+    )
+    service_token_file: Path | None = Field(
+        default=None, validation_alias=_env("RETENTION_SERVICE_TOKEN_FILE")
+    )
+    api_ca_bundle: Path | None = Field(
+        default=None, validation_alias=_env("RETENTION_API_CA_BUNDLE")
+    )
+    api_connect_timeout: Duration = Field(
+        default=timedelta(seconds=5), validation_alias=_env("RETENTION_API_CONNECT_TIMEOUT")
+    )
+    api_read_timeout: Duration = Field(
+        default=timedelta(seconds=30), validation_alias=_env("RETENTION_API_READ_TIMEOUT")
+    )
+    api_max_attempts: int = Field(
+        default=5, ge=1, le=20, validation_alias=_env("RETENTION_API_MAX_ATTEMPTS")
+    )
+    api_backoff_initial: Duration = Field(
+        default=timedelta(seconds=0.5), validation_alias=_env("RETENTION_API_BACKOFF_INITIAL")
+    )
+    api_backoff_max: Duration = Field(
+        default=timedelta(seconds=30), validation_alias=_env("RETENTION_API_BACKOFF_MAX")
+    )
+    api_page_size: int = Field(
+        default=1000, ge=1, le=10_000, validation_alias=_env("RETENTION_API_PAGE_SIZE")
+    )
+    api_max_pages: int = Field(
+        default=1000, ge=1, le=1_000_000, validation_alias=_env("RETENTION_API_MAX_PAGES")
+    )
+    rate_limit_max_requests: int = Field(
+        default=100, ge=0, validation_alias=_env("OUTBOUND_RATE_LIMIT_MAX_REQUESTS")
+    )
+    rate_limit_window_minutes: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        validation_alias=_env("OUTBOUND_RATE_LIMIT_WINDOW_MINUTES"),
+    )
+    audit: bool = Field(default=False, validation_alias=_env("RETENTION_AUDIT"))
     log_level: str = Field(default="INFO", validation_alias=_env("RETENTION_LOG_LEVEL"))
 
     @field_validator("now")

@@ -6,12 +6,21 @@ The control plane (a later source) implements the same protocol.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from .models import PolicySet
+from .automations import parse_automations, parse_projects
+from .controlplane import ClientConfig, TokenSource, open_client
+from .models import PolicySet, ProjectInfo, RetentionRule
 from .policyfiles import load_policy_dir
+from .ratelimit import RateLimiter
+from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class PolicySource(Protocol):
@@ -50,3 +59,103 @@ class StaticPolicySource:
 
     def load(self) -> PolicySet:
         return self.policy_set
+
+
+@dataclass(frozen=True)
+class ControlPlaneData:
+    """Everything read from the control plane in one run."""
+
+    projects: tuple[ProjectInfo, ...]
+    rules: tuple[RetentionRule, ...]
+    org_rules: tuple[RetentionRule, ...]
+    skipped_automations: int
+    org_endpoint: bool  # False: the server has no /v1/org_automation
+    requests: int
+
+
+@dataclass(frozen=True)
+class ControlPlaneSource:
+    """Projects and retention automations read with the read-only service token."""
+
+    config: ClientConfig
+    token: TokenSource
+    limiter: RateLimiter | None = None
+    transport: Any = None  # an httpx transport, for tests
+    sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def name(self) -> str:
+        return f"controlplane:{self.config.host}"
+
+    def fetch(self) -> ControlPlaneData:
+        with open_client(
+            self.config,
+            self.token,
+            limiter=self.limiter,
+            transport=self.transport,
+            sleep=self.sleep,
+        ) as client:
+            projects = parse_projects(_required(client.list_all("v1/project")))
+            rules, skipped = parse_automations(_required(client.list_all("v1/project_automation")))
+            org_items = client.list_all("v1/org_automation", allow_404=True)
+            org_rules: tuple[RetentionRule, ...] = ()
+            if org_items is not None:
+                org_rules, org_skipped = parse_automations(org_items, org=True)
+                skipped += org_skipped
+            return ControlPlaneData(
+                projects=projects,
+                rules=rules,
+                org_rules=org_rules,
+                skipped_automations=skipped,
+                org_endpoint=org_items is not None,
+                requests=client.requests,
+            )
+
+    def load(self) -> PolicySet:
+        data = self.fetch()
+        warnings = []
+        if not data.projects:
+            warnings.append(
+                f"{self.name} lists no projects: every project in the data plane is orphaned"
+            )
+        log.info(
+            "%s: %d projects, %d retention automations, %d org automations in %d requests",
+            self.name,
+            len(data.projects),
+            len(data.rules),
+            len(data.org_rules),
+            data.requests,
+        )
+        return PolicySet(
+            source=self.name,
+            rules=data.rules + data.org_rules,
+            projects=data.projects,
+            warnings=tuple(warnings),
+        )
+
+
+def _required(items: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    assert items is not None  # only the org endpoint may be absent
+    return items
+
+
+def control_plane_source(settings: Settings) -> ControlPlaneSource | None:
+    """The control-plane source the settings describe, or None without BRAINTRUST_API_URL."""
+    if not settings.api_url:
+        return None
+    config = ClientConfig(
+        base_url=settings.api_url,
+        org_name=settings.org_name,
+        connect_timeout=settings.api_connect_timeout.total_seconds(),
+        read_timeout=settings.api_read_timeout.total_seconds(),
+        max_attempts=settings.api_max_attempts,
+        backoff_initial=settings.api_backoff_initial.total_seconds(),
+        backoff_max=settings.api_backoff_max.total_seconds(),
+        page_size=settings.api_page_size,
+        max_pages=settings.api_max_pages,
+        audit=settings.audit,
+        ca_bundle=settings.api_ca_bundle,
+    )
+    token = TokenSource(settings.service_token, settings.service_token_file)
+    limiter = RateLimiter(settings.rate_limit_max_requests, settings.rate_limit_window_minutes * 60)
+    return ControlPlaneSource(config=config, token=token, limiter=limiter)

@@ -10,7 +10,7 @@ from .db import Database, parse_database_url
 from .errors import UsageError
 from .models import PolicySet
 from .settings import Settings
-from .sources import LocalPolicySource, PolicySource
+from .sources import LocalPolicySource, PolicySource, control_plane_source
 from .tables import DataPlaneTables, build_tables
 
 # A pinned `now` may lead the local clock by this much at most (clock skew between hosts).
@@ -32,8 +32,14 @@ class Worker:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: object) -> Worker:
-        source = LocalPolicySource(settings.policy_dir, required=settings.policy_dir_required)
-        return cls(settings=settings, sources=(source,), **kwargs)  # type: ignore[arg-type]
+        """Local policy files, plus the control plane when BRAINTRUST_API_URL is set."""
+        sources: list[PolicySource] = [
+            LocalPolicySource(settings.policy_dir, required=settings.policy_dir_required)
+        ]
+        remote = control_plane_source(settings)
+        if remote is not None:
+            sources.append(remote)
+        return cls(settings=settings, sources=tuple(sources), **kwargs)  # type: ignore[arg-type]
 
     @property
     def database(self) -> Database:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from retention import migrate
 from retention.db import make_engine, parse_database_url
+from tests.fakecp import FakeControlPlane
 from tests.pg import Cluster, throwaway_cluster
 from tests.support import create_reference_schema
 
@@ -126,3 +127,20 @@ def engine_for(url: str) -> sa.Engine:
     if database.is_sqlite:
         return make_engine(database)
     return sa.create_engine(database.url, poolclass=sa.NullPool)
+
+
+@pytest.fixture
+def fake_cp() -> Iterator[FakeControlPlane]:
+    """A fake control plane on loopback; its token is ``fake_cp.tokens`` (one)."""
+    fake = FakeControlPlane().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def token_file(tmp_path: Path, fake_cp: FakeControlPlane) -> Path:
+    """The fake's token in a file, as a mounted Kubernetes secret would hold it."""
+    path = tmp_path / "secrets" / "token"
+    path.parent.mkdir()
+    path.write_text(next(iter(fake_cp.tokens)) + "\n")
+    return path

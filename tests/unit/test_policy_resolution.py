@@ -194,7 +194,11 @@ def object_holds(scenario: Scenario, project: UUID, object_type: ObjectType) -> 
 
 
 def expected_projects(scenario: Scenario) -> set[UUID]:
-    named = {r.project_id for r in scenario.rules if r.project_id is not None}
+    named = {
+        r.project_id
+        for r in scenario.rules
+        if r.project_id is not None and r.kind is SourceKind.LOCAL_PROJECT
+    }
     named |= {h.project_id for h in scenario.holds}
     return set(scenario.project_ids) | named
 
