@@ -35,9 +35,10 @@ def decode_resources(
         raise AuditHeaderError("audit header too large")
     try:
         envelope = json.loads(header)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise AuditHeaderError("audit header is not JSON") from exc
-    if not isinstance(envelope, dict) or envelope.get("v") != 1:
+    version = envelope.get("v") if isinstance(envelope, dict) else None
+    if type(version) is not int or version != 1:  # not True, not 1.0
         raise AuditHeaderError("unsupported audit header version")
     payload = envelope.get("p")
     if not isinstance(payload, str):
@@ -53,9 +54,11 @@ def decode_resources(
         raise AuditHeaderError("audit payload is not gzip") from exc
     if len(raw) > max_bytes or decompressor.unconsumed_tail:
         raise AuditHeaderError(f"audit payload exceeds {max_bytes} bytes uncompressed")
+    if not decompressor.eof:
+        raise AuditHeaderError("audit payload is truncated gzip")
     try:
         items = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise AuditHeaderError("audit payload is not JSON") from exc
     if not isinstance(items, list):
         raise AuditHeaderError("audit payload is not a list")

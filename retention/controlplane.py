@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +29,6 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import SecretStr
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
 
 from .audit import AuditHeaderError, decode_resources
 from .errors import ControlPlaneError, UsageError
@@ -188,10 +188,10 @@ class ControlPlaneClient:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, _Retryable) and error.retry_after is not None:
             return error.retry_after
-        backoff = wait_exponential_jitter(
-            initial=self.config.backoff_initial, max=self.config.backoff_max
-        )
-        return float(backoff(state))
+        # exponential backoff with up to a second of jitter, capped
+        base = self.config.backoff_initial * 2.0 ** (state.attempt_number - 1)
+        jitter = random.uniform(0, 1.0)  # noqa: S311 - spreading retries, not security
+        return max(0.0, min(base + jitter, self.config.backoff_max))
 
     def _before_sleep(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None

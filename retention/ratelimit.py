@@ -5,6 +5,7 @@ Time is injected (``clock`` in seconds, monotonic; ``sleep``), so tests hold it 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,8 +20,8 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if max_requests < 0 or window_seconds <= 0:
-            raise ValueError("max_requests must be >= 0 and window_seconds > 0")
+        if max_requests < 0 or not math.isfinite(window_seconds) or window_seconds <= 0:
+            raise ValueError("max_requests must be >= 0 and window_seconds > 0 (finite)")
         self.max_requests = max_requests  # 0: no limit
         self.window = window_seconds
         self._clock = clock
@@ -32,13 +33,17 @@ class RateLimiter:
         if self.max_requests == 0:
             return 0.0
         waited = 0.0
+        now = self._clock()
         while True:
-            now = self._clock()
-            while self._sent and self._sent[0] <= now - self.window:
+            # A request leaves the window at its deadline; one comparison decides both the
+            # pop and the pause, so float rounding cannot leave a zero-length pause looping.
+            while self._sent and self._sent[0] + self.window <= now:
                 self._sent.popleft()
             if len(self._sent) < self.max_requests:
                 self._sent.append(now)
                 return waited
-            pause = self._sent[0] + self.window - now
+            deadline = self._sent[0] + self.window
+            pause = deadline - now
             self._sleep(pause)
             waited += pause
+            now = max(self._clock(), deadline)
