@@ -13,22 +13,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, demo, engine, migrate, report
-from .db import make_engine, parse_database_url, translate_errors, use_wal
-from .errors import ExitCode, RetentionError, UsageError
-from .models import Plan, RunReport, RunStatus
+from . import __version__, commands, report
+from .errors import ExitCode, RetentionError
+from .models import ObjectType
 from .settings import Settings, load_settings
-from .signals import stop_on_signals
-from .sources import control_plane_source
 
 log = logging.getLogger("retention")
-
-_RUN_EXIT = {
-    RunStatus.SUCCEEDED: ExitCode.OK,
-    RunStatus.PARTIAL: ExitCode.PARTIAL,
-    RunStatus.GUARDED: ExitCode.GUARD,
-    RunStatus.FAILED: ExitCode.UNEXPECTED,
-}
 
 
 def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -70,6 +60,19 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "future), for replays and tests",
     )
     group.add_argument(
+        "--grace-period",
+        default=default,
+        metavar="DURATION",
+        help="RETENTION_GRACE_PERIOD: how long a segment stays unused before the sweep "
+        "deletes its file (default 24h; 0 sweeps what the same run marked)",
+    )
+    group.add_argument(
+        "--object-store-url",
+        default=default,
+        metavar="URL",
+        help="RETENTION_OBJECT_STORE_URL: file://, s3://, gs:// or az:// (segment files)",
+    )
+    group.add_argument(
         "--audit",
         action="store_const",
         const=True,
@@ -91,10 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"retention {__version__}")
     _common(parser, suppress=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = subcommands.add_parser(name, help=help_text, description=help_text)
         _common(sub, suppress=True)
         return sub
 
@@ -134,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also delete the data of orphaned projects (deleted in, or unknown to, the "
         "control plane); holds and the safety floor still apply",
     )
-    purge.set_defaults(handler=_purge)
+    purge.set_defaults(handler=commands.purge)
 
     policies = command("policies", "effective policies per project and object type")
     policies.add_argument(
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="every source considered, the winner, floor, hold and cutoff",
     )
     policies.add_argument("--format", choices=("text", "json"), default="text")
-    policies.set_defaults(handler=_policies)
+    policies.set_defaults(handler=commands.policies)
 
     db = command("db", "the worker's own tables (alembic migrations)")
     db.add_argument(
@@ -151,17 +154,50 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("upgrade", "current", "check"),
         help="upgrade: migrate to head; current: print the revision; check: exit 2 unless at head",
     )
-    db.set_defaults(handler=_db)
+    db.set_defaults(handler=commands.db)
 
     controlplane = command("controlplane", "the control plane: check URL, token and read access")
     controlplane.add_argument("action", choices=("check",))
-    controlplane.set_defaults(handler=_controlplane)
+    controlplane.set_defaults(handler=commands.controlplane)
+
+    sweep = command(
+        "sweep",
+        "only the second phase: delete the files of segments unused for longer than the "
+        "grace period (RETENTION_GRACE_PERIOD), then their index rows",
+    )
+    sweep.add_argument("--format", choices=("table", "json"), default="table")
+    sweep.set_defaults(handler=commands.sweep)
+
+    restore = command(
+        "restore",
+        "return unused segments still in the grace period to live (undoes a mark only)",
+    )
+    which = restore.add_mutually_exclusive_group(required=True)
+    which.add_argument("--project", metavar="ID", help="segments of this project")
+    which.add_argument("--segment", metavar="ID", help="one segment")
+    restore.add_argument("--object-type", choices=[t.value for t in ObjectType])
+    restore.add_argument("--object-id", metavar="ID")
+    restore.add_argument(
+        "--since", metavar="TIME", help="only segments marked at or after TIME (ISO 8601)"
+    )
+    restore.add_argument("--format", choices=("table", "json"), default="table")
+    restore.set_defaults(handler=commands.restore)
+
+    segments_cmd = command("segments", "segment index and object store")
+    segments_cmd.add_argument(
+        "action",
+        choices=("check",),
+        help="check: list the store under --prefix and compare with the index (report only)",
+    )
+    segments_cmd.add_argument("--prefix", default="", help="key prefix to reconcile")
+    segments_cmd.add_argument("--format", choices=("table", "json"), default="table")
+    segments_cmd.set_defaults(handler=commands.segments)
 
     demo_cmd = command("demo", "seed a synthetic data plane in SQLite, then dry-run and purge it")
     demo_cmd.add_argument("--events", type=int, default=120_000, metavar="N")
     demo_cmd.add_argument("--seed", type=int, default=7)
     demo_cmd.add_argument("--format", choices=report.FORMATS, default="table")
-    demo_cmd.set_defaults(handler=_demo)
+    demo_cmd.set_defaults(handler=commands.demo_command)
     return parser
 
 
@@ -176,150 +212,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         "batch_size",
         "max_runtime",
         "audit",
+        "grace_period",
+        "object_store_url",
     )
     return load_settings(**{k: getattr(args, k, None) for k in keys})
-
-
-def _emit(text: str, output: Path | None) -> None:
-    if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot write report to {output}: {exc.strerror}") from exc
-    print(f"wrote report to {output}", file=sys.stderr)
-
-
-def _check_writable(output: Path | None) -> None:
-    """Refuse a report file we cannot write before anything is deleted."""
-    if output is None:
-        return
-    try:
-        with output.open("a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot write report to {output}: {exc.strerror}") from exc
-
-
-def _confirm() -> Callable[[Plan], bool]:
-    def ask(plan: Plan) -> bool:
-        sys.stderr.write(report.render(RunReport(plan=plan, dry_run=True), "table"))
-        rows = sum(t.counts.rows for t in plan.targets if t.resolution.deletes)
-        answer = input(f"Delete {rows:,} rows as planned above? [y/N] ")
-        return answer.strip().lower() in ("y", "yes")
-
-    return ask
-
-
-def _purge(args: argparse.Namespace, settings: Settings) -> int:
-    _check_writable(args.output)
-    # The handlers stay in place while the report is written: a signal then must not kill
-    # the process with a signal status after the run was recorded.
-    with stop_on_signals() as stop:
-        worker = engine.Worker.from_settings(settings, should_stop=stop)
-        if args.dry_run:
-            result = engine.plan(worker, purge_orphans=args.purge_orphans)
-        else:
-            confirm = None if args.yes or not sys.stdin.isatty() else _confirm()
-            result = engine.purge(
-                worker,
-                confirm=confirm,
-                allow_large_deletes=args.allow_large_deletes,
-                purge_orphans=args.purge_orphans,
-            )
-        if not args.dry_run and result.status is None:
-            print("aborted; nothing deleted", file=sys.stderr)
-            return int(ExitCode.OK)
-        code = int(_RUN_EXIT[result.status]) if result.status else 0
-        try:
-            _emit(report.render(result, args.format), args.output)
-        except BrokenPipeError:  # the work is done; its exit code still tells what happened
-            _silence_stdout()
-        return code
-
-
-def _silence_stdout() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-
-
-def _policies(args: argparse.Namespace, settings: Settings) -> int:
-    resolved = engine.explain(engine.Worker.from_settings(settings))
-    if not args.explain:
-        resolved = type(resolved)(
-            now=resolved.now,
-            floor_days=resolved.floor_days,
-            resolutions=tuple(r for r in resolved.resolutions if r.has_policy_or_hold),
-            warnings=resolved.warnings,
-        )
-    sys.stdout.write(report.render_explain(resolved, fmt=args.format))
-    return 0
-
-
-def _db(args: argparse.Namespace, settings: Settings) -> int:
-    database = parse_database_url(settings.resolved_database_url)
-    upgrade = args.action == "upgrade"
-    with translate_errors(database):
-        db_engine = make_engine(database, create=upgrade, read_only=not upgrade)
-        try:
-            if upgrade:
-                revision = migrate.upgrade(db_engine)
-                use_wal(db_engine)
-                print(f"worker tables at revision {revision} (head)")
-                return 0
-            with db_engine.connect() as conn:
-                found = migrate.status(conn)
-        finally:
-            db_engine.dispose()
-    print(f"current {found.current or 'none'} · head {found.head}")
-    if args.action == "check" and not found.up_to_date:
-        print("worker tables are not at head: run 'retention db upgrade'", file=sys.stderr)
-        return int(ExitCode.USAGE)
-    return 0
-
-
-def _controlplane(args: argparse.Namespace, settings: Settings) -> int:
-    source = control_plane_source(settings)
-    if source is None:
-        raise UsageError("BRAINTRUST_API_URL is not set: there is no control plane to check")
-    data = source.fetch()
-    deleted = sum(1 for p in data.projects if p.deleted_at is not None)
-    org = settings.org_name or "the token's organization"
-    print(f"control plane: {source.config.base_url} ({org})")
-    print(f"token: {source.token.describe()}: accepted")
-    print(
-        f"projects: {len(data.projects)} ({len(data.projects) - deleted} live, {deleted} deleted)"
-    )
-    print(f"retention automations: {len(data.rules)} project")
-    if data.org_endpoint:
-        print(f"org retention automations: {len(data.org_rules)}")
-    else:
-        print("org retention automations: none (the server has no /v1/org_automation)")
-    print(f"other automations (ignored): {data.skipped_automations}")
-    print(f"requests: {data.requests}")
-    return 0
-
-
-def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    if args.events < 1:
-        raise UsageError("--events must be at least 1")
-    done = demo.run(settings, events=args.events, seed_value=args.seed)
-    print(
-        f"Seeded {done.data.events:,} events and {done.data.objects} objects into "
-        f"{done.database_url}\nPolicies: {done.policy_file}\n"
-    )
-    print("$ retention purge --dry-run")
-    sys.stdout.write(report.render(done.dry_run, args.format))
-    print("\n$ retention purge --yes --allow-large-deletes   # first run: reviewed above")
-    sys.stdout.write(report.render(done.purge, args.format))
-    print(
-        f"\nInspect it: RETENTION_DATABASE_URL={done.database_url} "
-        f"RETENTION_POLICY_DIR={done.policy_file.parent} retention policies --explain"
-    )
-    status = done.purge.status
-    return int(_RUN_EXIT[status]) if status else 0
 
 
 def _configure_logging(level: str) -> None:
@@ -348,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"retention: error: {error.message}", file=sys.stderr)
         return int(error.exit_code)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly
-        _silence_stdout()
+        commands.silence_stdout()
         return int(ExitCode.UNEXPECTED)
     except KeyboardInterrupt:
         print("retention: interrupted", file=sys.stderr)

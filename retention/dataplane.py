@@ -74,6 +74,14 @@ _SQLITE_FORMATS = {
         "project_id": SQLITE_UUID_GLOB,
         "object_id": SQLITE_UUID_GLOB,
     },
+    "segments": {
+        "segment_id": SQLITE_UUID_GLOB,
+        "project_id": SQLITE_UUID_GLOB,
+        "object_id": SQLITE_UUID_GLOB,
+        "min_created": SQLITE_TIMESTAMP_GLOB,
+        "max_created": SQLITE_TIMESTAMP_GLOB,
+        "unused_at": SQLITE_TIMESTAMP_GLOB,
+    },
 }
 
 
@@ -89,13 +97,16 @@ def check_sqlite_values(conn: Connection, tables: DataPlaneTables) -> None:
             column = type_coerce(table.c[key], Text)
             bad = conn.execute(
                 select(literal(1))
-                .where(not_(column.op("GLOB", is_comparison=True)(literal(pattern, Text))))
+                .where(
+                    column.is_not(None),  # nullable columns (unused_at) may be NULL
+                    not_(column.op("GLOB", is_comparison=True)(literal(pattern, Text))),
+                )
                 .limit(1)
             ).first()
             if bad is not None:
                 expected = (
                     "'YYYY-MM-DD HH:MM:SS.ffffff' (UTC)"
-                    if key == "created"
+                    if pattern == SQLITE_TIMESTAMP_GLOB
                     else ("lower-case canonical UUID text")
                 )
                 raise SchemaError(
@@ -142,7 +153,7 @@ def rows_by_project(
     return {row[0]: int(row[1]) for row in conn.execute(query)}
 
 
-def _not_held(column: ColumnElement[UUID], held: frozenset[UUID]) -> ColumnElement[bool]:
+def not_held(column: ColumnElement[UUID], held: frozenset[UUID]) -> ColumnElement[bool]:
     return column.not_in(sorted(held)) if held else true()
 
 
@@ -154,14 +165,14 @@ def _target_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnEleme
     )
 
 
-def _expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Select[tuple[UUID]]:
+def expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Select[tuple[UUID]]:
     ob = tables.objects
     assert resolution.cutoff is not None
     return select(ob.c.object_id).where(
         ob.c.object_type == ObjectType.EXPERIMENT.value,
         ob.c.project_id == resolution.project_id,
         ob.c.created < resolution.cutoff,
-        _not_held(ob.c.object_id, resolution.held_object_ids),
+        not_held(ob.c.object_id, resolution.held_object_ids),
     )
 
 
@@ -173,21 +184,21 @@ def _expired_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnElem
     if resolution.object_type is ObjectType.EXPERIMENT:
         return and_(
             _target_rows(tables, resolution),
-            ev.c.object_id.in_(_expired_experiments(tables, resolution)),
+            ev.c.object_id.in_(expired_experiments(tables, resolution)),
         )
     return and_(
         _target_rows(tables, resolution),
         ev.c.created < resolution.cutoff,
-        _not_held(ev.c.object_id, resolution.held_object_ids),
+        not_held(ev.c.object_id, resolution.held_object_ids),
     )
 
 
 def count_target(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> TargetCounts:
     """Exact counts for one target (run inside the plan's snapshot)."""
     ev = tables.events
-    not_held = _not_held(ev.c.object_id, resolution.held_object_ids)
+    keep = not_held(ev.c.object_id, resolution.held_object_ids)
     total, oldest = conn.execute(
-        select(func.count(), func.min(case((not_held, ev.c.created)))).where(
+        select(func.count(), func.min(case((keep, ev.c.created)))).where(
             _target_rows(tables, resolution)
         )
     ).one()
@@ -197,7 +208,7 @@ def count_target(conn: Connection, tables: DataPlaneTables, resolution: Resoluti
             select(func.count()).where(_expired_rows(tables, resolution))
         ).scalar_one()
     if resolution.cutoff is not None and resolution.object_type is ObjectType.EXPERIMENT:
-        expired = _expired_experiments(tables, resolution).subquery()
+        expired = expired_experiments(tables, resolution).subquery()
         objects = conn.execute(select(func.count()).select_from(expired)).scalar_one()
     held: frozenset[UUID] = frozenset()
     if resolution.held_object_ids:
@@ -303,7 +314,7 @@ def delete_registry_batch(
         ev.c.object_type == ObjectType.EXPERIMENT.value, ev.c.object_id == ob.c.object_id
     )
     victims = (
-        _expired_experiments(tables, resolution)
+        expired_experiments(tables, resolution)
         .where(~has_rows)
         .order_by(ob.c.object_id)
         .limit(limit)
@@ -314,7 +325,7 @@ def delete_registry_batch(
         ob.c.object_type == ObjectType.EXPERIMENT.value,
         ob.c.project_id == resolution.project_id,
         ob.c.created < resolution.cutoff,
-        _not_held(ob.c.object_id, resolution.held_object_ids),
+        not_held(ob.c.object_id, resolution.held_object_ids),
         ~has_rows,
     )
     return int(conn.execute(statement).rowcount)

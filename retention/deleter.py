@@ -4,8 +4,9 @@ A batch deletes up to ``batch_size`` rows past the keyset cursor, then writes th
 (phase, cursor, running counts) and a receipt in the same transaction, so a killed run
 resumes exactly where the last committed batch left it.
 
-Experiments go in two phases: their rows, then their registry entries (only entries whose
-rows are all gone), so an interrupted run never leaves rows of an unregistered experiment.
+Phases of a target: its rows, then its segments (marked unused, in batches, when an object
+store is configured), then, for experiments, the registry entries (only entries whose rows
+are all gone), so an interrupted run never leaves rows of an unregistered experiment.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection
 
-from . import dataplane, state
+from . import dataplane, segments, state
 from .models import BatchResult, ObjectType, Phase, Target, TargetOutcome
 from .state import Checkpoint
 from .tables import DataPlaneTables
@@ -33,6 +35,7 @@ class BatchContext:
     batch_size: int
     clock: Callable[[], datetime]
     should_stop: Callable[[], bool]
+    mark_segments: bool = True  # False without an object store: segments stay live
 
 
 def initial_checkpoint(target: Target, found: Checkpoint | None) -> Checkpoint:
@@ -53,16 +56,13 @@ def initial_checkpoint(target: Target, found: Checkpoint | None) -> Checkpoint:
         rows=found.rows if found else 0,
         objects=found.objects if found else 0,
         batches=found.batches if found else 0,
+        segments=found.segments if found else 0,
+        bytes=found.bytes if found else 0,
     )
 
 
-def _commit_batch(
-    ctx: BatchContext,
-    target: Target,
-    checkpoint: Checkpoint,
-    result: BatchResult | None,
-    objects: int = 0,
-) -> None:
+def _save(ctx: BatchContext, target: Target, checkpoint: Checkpoint, **receipt: Any) -> None:
+    """The checkpoint, and a receipt when the batch changed anything: same transaction."""
     now = ctx.clock()
     state.save_checkpoint(
         ctx.conn,
@@ -72,11 +72,9 @@ def _commit_batch(
         checkpoint=checkpoint,
         clock=now,
     )
-    rows = result.rows if result else 0
-    if not rows and not objects:
+    if not any(receipt.get(k) for k in ("rows", "objects", "segments")):
         return
     resolution = target.resolution
-    assert resolution.retention_days is not None and resolution.cutoff is not None
     state.add_receipt(
         ctx.conn,
         ctx.run_id,
@@ -86,54 +84,100 @@ def _commit_batch(
         policy_source=resolution.winner.describe() if resolution.winner else resolution.source,
         retention_days=resolution.retention_days,
         cutoff=resolution.cutoff,
-        rows=rows,
-        objects=objects,
-        first_key=state.cursor_key(result.first) if result else None,
-        last_key=state.cursor_key(result.last) if result else None,
-        keys_digest=result.digest if result else None,
+        **receipt,
     )
+
+
+def _after_rows(target: Target, ctx: BatchContext) -> Phase:
+    if ctx.mark_segments:
+        return Phase.SEGMENTS
+    return _after_segments(target)
+
+
+def _after_segments(target: Target) -> Phase:
+    return Phase.REGISTRY if target.object_type is ObjectType.EXPERIMENT else Phase.DONE
+
+
+def _rows_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -> Checkpoint:
+    result: BatchResult = dataplane.delete_batch(
+        ctx.conn, ctx.tables, target.resolution, checkpoint.cursor, ctx.batch_size
+    )
+    checkpoint = replace(
+        checkpoint,
+        phase=_after_rows(target, ctx) if result.rows < ctx.batch_size else Phase.ROWS,
+        cursor=result.last or checkpoint.cursor,
+        rows=checkpoint.rows + result.rows,
+        batches=checkpoint.batches + 1,
+    )
+    _save(
+        ctx,
+        target,
+        checkpoint,
+        rows=result.rows,
+        first_key=state.cursor_key(result.first),
+        last_key=state.cursor_key(result.last),
+        keys_digest=result.digest or None,
+    )
+    return checkpoint
+
+
+def _segments_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -> Checkpoint:
+    marked = segments.mark_batch(
+        ctx.conn,
+        ctx.tables,
+        target.resolution,
+        checkpoint.segment_cursor,
+        ctx.batch_size,
+        ctx.clock(),
+    )
+    checkpoint = replace(
+        checkpoint,
+        phase=_after_segments(target) if marked.segments < ctx.batch_size else Phase.SEGMENTS,
+        segment_cursor=marked.last or checkpoint.segment_cursor,
+        segments=checkpoint.segments + marked.segments,
+        bytes=checkpoint.bytes + marked.bytes,
+        batches=checkpoint.batches + 1,
+    )
+    _save(ctx, target, checkpoint, action="mark", segments=marked.segments, bytes=marked.bytes)
+    return checkpoint
+
+
+def _registry_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -> Checkpoint:
+    removed = dataplane.delete_registry_batch(
+        ctx.conn, ctx.tables, target.resolution, ctx.batch_size
+    )
+    checkpoint = replace(
+        checkpoint,
+        phase=Phase.DONE if removed < ctx.batch_size else Phase.REGISTRY,
+        objects=checkpoint.objects + removed,
+        batches=checkpoint.batches + 1,
+    )
+    _save(ctx, target, checkpoint, objects=removed)
+    return checkpoint
+
+
+_STEPS = {
+    Phase.ROWS: _rows_batch,
+    Phase.SEGMENTS: _segments_batch,
+    Phase.REGISTRY: _registry_batch,
+}
 
 
 def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) -> TargetOutcome:
     checkpoint = initial_checkpoint(target, found)
-    resolution = target.resolution
-    is_experiment = target.object_type is ObjectType.EXPERIMENT
-    while checkpoint.phase is Phase.ROWS:
+    if checkpoint.phase is Phase.SEGMENTS and not ctx.mark_segments:
+        checkpoint = replace(checkpoint, phase=_after_segments(target))
+    while checkpoint.phase is not Phase.DONE:
         if ctx.should_stop():
             return _outcome(target, checkpoint, "stopped")
         with ctx.conn.begin():
-            result = dataplane.delete_batch(
-                ctx.conn, ctx.tables, resolution, checkpoint.cursor, ctx.batch_size
-            )
-            done = result.rows < ctx.batch_size
-            checkpoint = replace(
-                checkpoint,
-                phase=(Phase.REGISTRY if is_experiment else Phase.DONE) if done else Phase.ROWS,
-                cursor=result.last or checkpoint.cursor,
-                rows=checkpoint.rows + result.rows,
-                batches=checkpoint.batches + 1,
-            )
-            _commit_batch(ctx, target, checkpoint, result)
-        log.debug("target=%s batch rows=%d total=%d", target.key, result.rows, checkpoint.rows)
-    while checkpoint.phase is Phase.REGISTRY:
-        if ctx.should_stop():
-            return _outcome(target, checkpoint, "stopped")
-        with ctx.conn.begin():
-            removed = dataplane.delete_registry_batch(
-                ctx.conn, ctx.tables, resolution, ctx.batch_size
-            )
-            checkpoint = replace(
-                checkpoint,
-                phase=Phase.DONE if removed < ctx.batch_size else Phase.REGISTRY,
-                objects=checkpoint.objects + removed,
-                batches=checkpoint.batches + 1,
-            )
-            _commit_batch(ctx, target, checkpoint, None, objects=removed)
+            checkpoint = _STEPS[checkpoint.phase](ctx, target, checkpoint)
     log.info(
-        "target=%s deleted rows=%d objects=%d batches=%d",
+        "target=%s deleted rows=%d objects=%d marked segments=%d batches=%d",
         target.key,
         checkpoint.rows,
         checkpoint.objects,
+        checkpoint.segments,
         checkpoint.batches,
     )
     return _outcome(target, checkpoint)
@@ -147,4 +191,6 @@ def _outcome(target: Target, checkpoint: Checkpoint, note: str = "") -> TargetOu
         batches=checkpoint.batches,
         phase=checkpoint.phase,
         note=note,
+        segments=checkpoint.segments,
+        bytes=checkpoint.bytes,
     )

@@ -8,6 +8,8 @@ experiment. Everything is relative to ``now`` so the demo always has expired dat
 from __future__ import annotations
 
 import random
+import shutil
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ from sqlalchemy import Engine, insert
 from . import migrate
 from .db import make_engine, parse_database_url, translate_errors, use_wal
 from .models import ObjectType, RunReport
+from .objectstore import ObjectStore, open_store
 from .settings import Settings, load_settings
 from .tables import DataPlaneTables
 
@@ -82,6 +85,8 @@ SPAN_DAYS = 400
 class DemoData:
     objects: int
     events: int
+    segments: int = 0
+    files: int = 0
 
 
 def _uuid(rng: random.Random) -> UUID:
@@ -126,45 +131,128 @@ def _objects(rng: random.Random, now: datetime) -> list[dict[str, Any]]:
 
 def _events(
     rng: random.Random, now: datetime, objects: list[dict[str, Any]], count: int
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[tuple[int, dict[str, Any]]]:
     xact = 1_000_000
     for n in range(count):
-        obj = rng.choice(objects)
+        index = rng.randrange(len(objects))
+        obj = objects[index]
         if obj["object_type"] == ObjectType.EXPERIMENT:
             # experiment rows are written within a day of the experiment's creation
             created = obj["created"] + timedelta(seconds=rng.uniform(0, 86_400))
         else:
             created = now - timedelta(seconds=rng.uniform(0, SPAN_DAYS * 86_400))
         xact += 1
-        yield dict(
-            object_type=obj["object_type"],
-            object_id=obj["object_id"],
-            project_id=obj["project_id"],
-            id=f"row-{n}",
-            _xact_id=xact,
-            created=min(created, now),
-            data={"input": "synthetic", "n": n},
+        yield (
+            index,
+            dict(
+                object_type=obj["object_type"],
+                object_id=obj["object_id"],
+                project_id=obj["project_id"],
+                id=f"row-{n}",
+                _xact_id=xact,
+                created=min(created, now),
+                data={"input": "synthetic", "n": n},
+            ),
         )
 
 
+SEGMENT_DAYS = 30
+ROW_BYTES = 420  # what one row costs in a segment file, roughly
+
+
 def seed(
-    engine: Engine, tables: DataPlaneTables, *, now: datetime, events: int, seed: int = 7
+    engine: Engine,
+    tables: DataPlaneTables,
+    *,
+    now: datetime,
+    events: int,
+    seed: int = 7,
+    store: ObjectStore | None = None,
 ) -> DemoData:
-    """Create the reference schema and fill it; the database must be empty."""
+    """Create the reference schema and fill it; the database must be empty.
+
+    With a ``store``, every object's rows are also cut into segment files (30 days each,
+    one per experiment), indexed in ``segments``; a few old ones are already unused, two
+    days ago (past the default grace) or an hour ago (in grace), so one run shows the
+    whole lifecycle.
+    """
     rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
     tables.metadata.create_all(engine)
     objects = _objects(rng, now)
+    buckets: Counter[tuple[int, int]] = Counter()  # (object index, 30-day bucket) -> rows
     with engine.begin() as conn:
         conn.execute(insert(tables.objects), objects)
         chunk: list[dict[str, Any]] = []
-        for row in _events(rng, now, objects, events):
+        for index, row in _events(rng, now, objects, events):
+            buckets[(index, _bucket(now, row["created"], objects[index]))] += 1
             chunk.append(row)
             if len(chunk) == 10_000:
                 conn.execute(insert(tables.events), chunk)
                 chunk = []
         if chunk:
             conn.execute(insert(tables.events), chunk)
-    return DemoData(objects=len(objects), events=events)
+    files = 0
+    segment_rows: list[dict[str, Any]] = []
+    if store is not None:
+        segment_rows = _segments(rng, now, objects, buckets)
+        for row in segment_rows:
+            store.put(row["object_key"], b"demo segment " + row["object_key"].encode())
+            files += 1
+        with engine.begin() as conn:
+            conn.execute(insert(tables.segments), segment_rows)
+    return DemoData(objects=len(objects), events=events, segments=len(segment_rows), files=files)
+
+
+def _bucket(now: datetime, created: datetime, obj: dict[str, Any]) -> int:
+    if obj["object_type"] == ObjectType.EXPERIMENT:
+        return 0
+    return int((now - created).total_seconds() // (SEGMENT_DAYS * 86_400))
+
+
+def _segments(
+    rng: random.Random,
+    now: datetime,
+    objects: list[dict[str, Any]],
+    buckets: Counter[tuple[int, int]],
+) -> list[dict[str, Any]]:
+    rows = []
+    for (index, bucket), count in sorted(buckets.items()):
+        obj = objects[index]
+        if obj["object_type"] == ObjectType.EXPERIMENT:
+            low = obj["created"]
+            high = min(obj["created"] + timedelta(days=1), now)
+        else:
+            high = now - timedelta(days=bucket * SEGMENT_DAYS)
+            low = now - timedelta(days=(bucket + 1) * SEGMENT_DAYS)
+        segment_id = _uuid(rng)
+        rows.append(
+            dict(
+                segment_id=segment_id,
+                object_type=obj["object_type"],
+                object_id=obj["object_id"],
+                project_id=obj["project_id"],
+                min_created=low,
+                max_created=high,
+                row_count=count,
+                byte_size=count * ROW_BYTES,
+                object_key=f"{obj['object_type']}/{obj['project_id']}/{obj['object_id']}/"
+                f"{segment_id}.seg",
+                state="live",
+                unused_at=None,
+            )
+        )
+    # A few of the oldest log segments were marked by an earlier run: two days ago (past the
+    # default 24 h grace, so this run sweeps them) and an hour ago (still in grace).
+    old_logs = sorted(
+        (r for r in rows if r["object_type"] == "project_logs" and r["project_id"] == BETA_CHAT),
+        key=lambda r: r["max_created"],
+    )
+    for row, ago in zip(
+        old_logs[:3], (timedelta(days=2), timedelta(days=2), timedelta(hours=1)), strict=False
+    ):
+        row["state"] = "unused"
+        row["unused_at"] = now - ago
+    return rows
 
 
 def write_policies(folder: Path) -> Path:
@@ -185,6 +273,7 @@ def reset_file(path: Path) -> None:
 
 @dataclass(frozen=True)
 class DemoRun:
+    store_url: str | None
     database_url: str
     policy_file: Path
     data: DemoData
@@ -202,14 +291,19 @@ def run(
     reset_file(path)
     url = f"sqlite:///{path}"
     policy_file = write_policies(settings.state_dir / "demo-policies")
+    store_dir = settings.state_dir / "demo-store"
+    if store_dir.exists():
+        shutil.rmtree(store_dir)
     now = (clock or _utc_now)()
     demo_settings = load_settings(
         database_url=url,
         policy_dir=policy_file.parent,
         state_dir=settings.state_dir,
         batch_size=settings.batch_size,
+        object_store_url=f"file://{store_dir.resolve()}",
         now=now,  # the dry run and the purge share one pinned now
     )
+    store = open_store(demo_settings, create=True)
     worker = engine_module.Worker.from_settings(demo_settings)
     if clock is not None:
         worker = replace(worker, clock=clock)
@@ -218,7 +312,12 @@ def run(
         db_engine = make_engine(database, create=True)
         try:
             data = seed(
-                db_engine, worker.tables, now=worker.pinned_now(), events=events, seed=seed_value
+                db_engine,
+                worker.tables,
+                now=worker.pinned_now(),
+                events=events,
+                seed=seed_value,
+                store=store,
             )
             migrate.upgrade(db_engine)
             use_wal(db_engine)
@@ -227,4 +326,11 @@ def run(
     dry = engine_module.plan(worker)
     # The first run on a database needs review: the dry run above is that review.
     done = engine_module.purge(worker, mode="demo", allow_large_deletes=True)
-    return DemoRun(database_url=url, policy_file=policy_file, data=data, dry_run=dry, purge=done)
+    return DemoRun(
+        store_url=demo_settings.object_store_url,
+        database_url=url,
+        policy_file=policy_file,
+        data=data,
+        dry_run=dry,
+        purge=done,
+    )

@@ -1,8 +1,9 @@
 """The run: load policies, plan in a snapshot, then (unless dry) purge under the lock.
 
     plan()   policies -> read-only session, one snapshot -> Plan   (no lock, no writes)
-    purge()  policies -> lock (the run's one connection) -> resume or start a run
-             -> plan in a snapshot -> guards -> confirm -> batches -> finish the run
+    purge()  policies -> lock (the run's one connection) -> object store reachable?
+             -> resume or start a run -> plan in a snapshot -> guards -> confirm
+             -> per target: rows, segments marked, registry -> sweep -> finish the run
 
 Time and I/O are injected: ``clock`` gives the current time, the settings name the database
 and the sources give the policies, so tests control all three.
@@ -22,10 +23,22 @@ from . import dataplane, migrate, report, state
 from .db import make_engine, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
 from .guards import GuardSettings, guard
-from .models import Phase, Plan, PolicySet, RunReport, RunStatus, Target, TargetOutcome
+from .models import (
+    Phase,
+    Plan,
+    PolicySet,
+    RunReport,
+    RunStatus,
+    SweepOutcome,
+    Target,
+    TargetOutcome,
+)
+from .objectstore import ObjectStore, open_store
 from .planner import build_plan, resolve_for_data_plane
 from .policy import Resolved
+from .runs import error_text, finish, open_run, run_status, run_warnings
 from .state import Checkpoint
+from .sweeper import SweepContext, sweep
 from .tables import DataPlaneTables
 from .worker import Worker, utc_now
 
@@ -36,7 +49,7 @@ log = logging.getLogger(__name__)
 
 def _check_data_plane(conn: Connection, tables: DataPlaneTables) -> None:
     with snapshot(conn):
-        dataplane.check_schema(conn, tables, ("events", "objects"))
+        dataplane.check_schema(conn, tables, ("events", "objects", "segments"))
         if conn.dialect.name == "sqlite":
             dataplane.check_sqlite_values(conn, tables)
 
@@ -80,6 +93,8 @@ def _plan(
             now,
             min_retention_days=worker.settings.min_retention_days,
             purge_orphans=purge_orphans,
+            clock=worker.clock(),
+            grace=worker.settings.grace_period,
         )
 
 
@@ -155,13 +170,16 @@ def purge(
                 _check_data_plane(conn, worker.tables)
                 with snapshot(conn):
                     migrate.require_current(conn)
+                store = open_store(settings)
+                if store is not None:
+                    store.check()  # unreachable or misconfigured: exit 4, nothing touched
                 options = RunOptions(
                     mode=mode,
                     confirm=confirm,
                     allow_large_deletes=allow_large_deletes,
                     purge_orphans=purge_orphans,
                 )
-                return _locked_purge(conn, worker, policy_sets, now, options)
+                return _locked_purge(conn, worker, policy_sets, now, options, store)
         finally:
             engine.dispose()
 
@@ -172,6 +190,7 @@ def _locked_purge(
     policy_sets: Sequence[PolicySet],
     now: datetime,
     options: RunOptions,
+    store: ObjectStore | None,
 ) -> RunReport:
     settings = worker.settings
     started = time.monotonic()
@@ -197,27 +216,11 @@ def _locked_purge(
         ),
     )
     document = report.plan_document(the_plan)
-    plan_hash = report.plan_hash(document)
     if options.confirm is not None and not options.confirm(the_plan):
         return RunReport(plan=the_plan, dry_run=True, warnings=("aborted by the operator",))
-    with conn.begin():
-        if resumed is not None:
-            state.reopen_run(
-                conn, resumed, clock=worker.clock(), plan_hash=plan_hash, plan=document
-            )
-            run_id = resumed.id
-            checkpoints = state.load_checkpoints(conn, run_id)
-        else:
-            run = state.start_run(
-                conn,
-                mode=options.mode,
-                now=now,
-                clock=worker.clock(),
-                plan_hash=plan_hash,
-                plan=document,
-            )
-            run_id = run.id
-            checkpoints = {}
+    run_id, checkpoints = open_run(
+        conn, worker.clock(), resumed, mode=options.mode, now=now, plan=document
+    )
     budget = settings.max_runtime
 
     def should_stop() -> bool:
@@ -231,29 +234,33 @@ def _locked_purge(
         batch_size=settings.batch_size,
         clock=worker.clock,
         should_stop=should_stop,
+        mark_segments=store is not None,
     )
     outcomes: list[TargetOutcome] = []
+    swept: SweepOutcome | None = None
     try:
         for target in the_plan.targets:
             outcomes.append(_purge_or_skip(ctx, target, checkpoints.get(target.key), guarded))
+        deleted = time.monotonic()
+        if store is not None and all(o.phase is Phase.DONE for o in outcomes):
+            swept = sweep(
+                SweepContext(
+                    conn=conn,
+                    tables=worker.tables,
+                    store=store,
+                    run_id=run_id,
+                    threshold=worker.clock() - settings.grace_period,
+                    batch_size=settings.sweep_batch_size,
+                    clock=worker.clock,
+                    should_stop=should_stop,
+                )
+            )
     except BaseException as error:
-        _finish(conn, worker, run_id, RunStatus.FAILED, error=_error_text(error))
+        finish(conn, worker.clock, run_id, RunStatus.FAILED, error=error_text(error))
         raise
-    planned = {t.key for t in the_plan.targets}
-    earlier = [c for key, c in checkpoints.items() if key not in planned and c.rows + c.objects]
-    warnings = list(the_plan.warnings) + [
-        f"run {run_id} deleted {c.rows:,} rows"
-        + (f" and {c.objects:,} experiments" if c.objects else "")
-        + f" in earlier attempts for {c.target}, no longer planned (see its receipts)"
-        for c in earlier
-    ]
-    if any(o.phase is not Phase.DONE for o in outcomes):
-        status = RunStatus.PARTIAL
-    elif guarded:
-        status = RunStatus.GUARDED
-    else:
-        status = RunStatus.SUCCEEDED
-    _finish(conn, worker, run_id, status)
+    warnings = run_warnings(the_plan, run_id, checkpoints, guarded, swept, store is not None)
+    status = run_status(outcomes, guarded, swept)
+    finish(conn, worker.clock, run_id, status)
     return RunReport(
         plan=the_plan,
         dry_run=False,
@@ -264,8 +271,10 @@ def _locked_purge(
         warnings=tuple(warnings),
         timings={
             "plan": round(plan_done - started, 3),
-            "delete": round(time.monotonic() - plan_done, 3),
+            "delete": round(deleted - plan_done, 3),
+            "sweep": round(time.monotonic() - deleted, 3),
         },
+        sweep=swept,
     )
 
 
@@ -278,7 +287,8 @@ def _purge_or_skip(
     """
     reason = guarded.get(target.key, "")
     counts = target.counts
-    if not reason and target.resolution.deletes and (counts.rows or counts.objects or found):
+    work = counts.rows or counts.objects or (counts.segments and ctx.mark_segments) or found
+    if not reason and target.resolution.deletes and work:
         return purge_target(ctx, target, found)
     if reason:
         log.warning("target=%s guarded: %s", target.key, reason)
@@ -286,40 +296,8 @@ def _purge_or_skip(
         target=target,
         rows=found.rows if found else 0,
         objects=found.objects if found else 0,
+        segments=found.segments if found else 0,
+        bytes=found.bytes if found else 0,
         phase=Phase.DONE,
         guard=reason,
     )
-
-
-def _error_text(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
-
-
-def _finish(
-    conn: Connection,
-    worker: Worker,
-    run_id: int,
-    status: RunStatus,
-    error: str | None = None,
-) -> None:
-    if conn.invalidated:
-        # The session (and with it the run lock) is gone. A new session would write without
-        # the lock, perhaps over a run that resumed meanwhile: leave the run to be resumed.
-        log.warning("run %d: database session lost; the next run resumes it", run_id)
-        return
-    try:
-        if conn.in_transaction():
-            conn.rollback()
-        with conn.begin():
-            state.finish_run(
-                conn,
-                run_id,
-                status=status,
-                clock=worker.clock(),
-                error=error,
-            )
-    except Exception:  # the original error matters more; the run stays resumable
-        if error is None:
-            raise
-        log.warning("could not record the failed run %d", run_id)

@@ -6,6 +6,7 @@
     │   └── SchemaError            2  a table or column the worker needs is missing
     ├── ControlPlaneError          3  policies could not be read completely; nothing deleted
     ├── DatabaseError              4  the database is unreachable or failed
+    ├── ObjectStoreError           4  the object store is unreachable or misconfigured
     ├── GuardError                 6  a safety guard refused the whole run
     └── LockedError                7  another run holds the lock
 
@@ -67,6 +68,12 @@ class ControlPlaneError(RetentionError):
 
 class DatabaseError(RetentionError):
     """The database is unavailable."""
+
+    exit_code = ExitCode.DATABASE
+
+
+class ObjectStoreError(RetentionError):
+    """The object store is unavailable."""
 
     exit_code = ExitCode.DATABASE
 

@@ -42,9 +42,10 @@ class RunStatus(StrEnum):
 
 
 class Phase(StrEnum):
-    """Progress of one target inside a run."""
+    """Progress of one target inside a run: rows, then segments, then registry entries."""
 
     ROWS = "rows"
+    SEGMENTS = "segments"
     REGISTRY = "registry"
     DONE = "done"
 
@@ -247,11 +248,23 @@ class Orphan:
 
 
 @dataclass(frozen=True)
+class UnusedSegments:
+    """Segments marked unused and waiting for the sweep."""
+
+    segments: int = 0
+    bytes: int = 0
+    sweepable: int = 0  # unused for longer than the grace period
+    sweepable_bytes: int = 0
+    next_sweepable_at: datetime | None = None  # when the next one in grace becomes sweepable
+
+
+@dataclass(frozen=True)
 class Plan:
     now: datetime
     targets: tuple[Target, ...]
     orphans: tuple[Orphan, ...] = ()
     warnings: tuple[str, ...] = ()
+    unused_segments: UnusedSegments = field(default_factory=UnusedSegments)
 
     def target(self, project_id: UUID, object_type: ObjectType) -> Target | None:
         for target in self.targets:
@@ -289,7 +302,23 @@ class TargetOutcome:
     batches: int = 0
     phase: Phase = Phase.ROWS
     note: str = ""
-    guard: str = ""  # why a safety guard held the target back ("" when none did)
+    guard: str = ""
+    segments: int = 0  # segments marked unused
+    bytes: int = 0  # why a safety guard held the target back ("" when none did)
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did: files deleted (then their index rows), and what it could not do."""
+
+    files: int = 0
+    bytes: int = 0
+    missing: int = 0  # already gone from the store: counted as deleted
+    failed: int = 0  # the store refused or failed: index rows kept for the next sweep
+    refused: int = 0  # keys outside the store URL: never deleted, reported
+    batches: int = 0
+    requests: int = 0  # store delete requests (bulk deletes count one per batch)
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -303,3 +332,4 @@ class RunReport:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    sweep: SweepOutcome | None = None

@@ -6,12 +6,13 @@ The plan is measured inside one transaction (a snapshot), so its counts agree wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from sqlalchemy import Connection
 
-from . import dataplane
+from . import dataplane, segments
 from .models import (
     OBJECT_TYPES,
     Orphan,
@@ -22,6 +23,7 @@ from .models import (
     RetentionRule,
     SourceKind,
     Target,
+    TargetCounts,
 )
 from .policy import Resolved, resolve, resolve_one
 from .tables import DataPlaneTables
@@ -114,26 +116,43 @@ def build_plan(
     *,
     min_retention_days: float | None,
     purge_orphans: bool = False,
+    clock: datetime | None = None,
+    grace: timedelta = timedelta(0),
 ) -> Plan:
+    """The plan; ``clock`` and ``grace`` size the pending sweep."""
     resolved, orphans = resolve_for_data_plane(
         conn, tables, policy_sets, now, min_retention_days=min_retention_days
     )
     resolutions = [r for r in resolved.resolutions if r.has_policy_or_hold]
     if purge_orphans:
         resolutions.extend(orphan_resolutions(orphans, policy_sets, resolved))
-    targets = tuple(
-        Target(resolution=r, counts=dataplane.count_target(conn, tables, r)) for r in resolutions
-    )
+    targets = tuple(Target(resolution=r, counts=_counts(conn, tables, r)) for r in resolutions)
     orphan_rows = dataplane.rows_by_project(conn, tables, sorted(orphans))
+    orphan_segments = segments.by_project(conn, tables, sorted(orphans))
     warnings = list(resolved.warnings) + _hold_warnings(conn, tables, policy_sets, now)
     return Plan(
         now=resolved.now,
         targets=targets,
         orphans=tuple(
-            Orphan(project_id=p, reason=reason, rows=orphan_rows.get(p, 0))
+            Orphan(
+                project_id=p,
+                reason=reason,
+                rows=orphan_rows.get(p, 0),
+                segments=orphan_segments.get(p, (0, 0))[0],
+                bytes=orphan_segments.get(p, (0, 0))[1],
+            )
             for p, reason in sorted(orphans.items())
         ),
         warnings=tuple(warnings),
+        unused_segments=segments.unused_summary(conn, tables, clock or now, grace),
+    )
+
+
+def _counts(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> TargetCounts:
+    rows = dataplane.count_target(conn, tables, resolution)
+    files = segments.count(conn, tables, resolution)
+    return replace(
+        rows, segments=files.expired, bytes=files.bytes, straddling_segments=files.straddling
     )
 
 

@@ -54,6 +54,9 @@ def target_document(target: Target, outcome: TargetOutcome | None = None) -> dic
     if outcome is not None:
         doc.update(
             planned_rows=c.rows,
+            planned_segments=c.segments,
+            segments=outcome.segments,
+            bytes=outcome.bytes,
             rows=outcome.rows,
             deleted_objects=outcome.objects,
             batches=outcome.batches,
@@ -66,6 +69,7 @@ def target_document(target: Target, outcome: TargetOutcome | None = None) -> dic
 
 def report_document(report: RunReport) -> dict[str, Any]:
     outcomes = {o.target.key: o for o in report.outcomes}
+    unused = report.plan.unused_segments
     targets = [target_document(t, outcomes.get(t.key)) for t in report.plan.targets]
     doc: dict[str, Any] = {
         "now": _iso(report.plan.now),
@@ -86,9 +90,25 @@ def report_document(report: RunReport) -> dict[str, Any]:
             }
             for o in report.plan.orphans
         ],
+        "unused_segments": {
+            "segments": unused.segments,
+            "bytes": unused.bytes,
+            "sweepable": unused.sweepable,
+            "sweepable_bytes": unused.sweepable_bytes,
+            "next_sweepable_at": _iso(unused.next_sweepable_at),
+        },
         "warnings": list(report.warnings),
         "timings": dict(report.timings),
     }
+    if report.sweep is not None:
+        doc["sweep"] = {
+            "files": report.sweep.files,
+            "bytes": report.sweep.bytes,
+            "missing": report.sweep.missing,
+            "failed": report.sweep.failed,
+            "refused": report.sweep.refused,
+            "requests": report.sweep.requests,
+        }
     if not report.dry_run:
         doc.update(
             run_id=report.run_id,
@@ -118,6 +138,24 @@ def render(report: RunReport, fmt: str) -> str:
 
 def _n(value: int) -> str:
     return f"{value:,}"
+
+
+def _bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"  # pragma: no cover
+
+
+def _segments(doc: dict[str, Any]) -> str:
+    if not doc["segments"] and not doc["straddling_segments"]:
+        return ""
+    text = f"{_n(doc['segments'])} ({_bytes(doc['bytes'])})"
+    if doc["straddling_segments"]:
+        text += f" +{doc['straddling_segments']} straddling"
+    return text
 
 
 def _note(doc: dict[str, Any]) -> str:
@@ -152,6 +190,7 @@ def _render_table(report: RunReport, *, markdown: bool) -> str:
         verb,
         "OF ROWS",
         "EXPERIMENTS",
+        "SEGMENTS",
         "OLDEST ROW",
         "NOTE",
     ]
@@ -166,6 +205,7 @@ def _render_table(report: RunReport, *, markdown: bool) -> str:
             _n(t.get("deleted_objects", t["expired_objects"]))
             if t["object_type"] == "experiment"
             else "",
+            _segments(t),
             (t["oldest_row"] or "-")[:19],
             _note(t),
         ]
@@ -178,6 +218,22 @@ def _render_table(report: RunReport, *, markdown: bool) -> str:
         f"Total: {_n(totals['rows'])} rows, {_n(totals['segments'])} segments, "
         f"{_n(totals['bytes'])} bytes in {len(doc['targets'])} targets"
     )
+    unused = doc["unused_segments"]
+    if unused["segments"]:
+        when = unused["next_sweepable_at"]
+        lines.append(
+            f"Unused segments (before this run): {_n(unused['segments'])} "
+            f"({_bytes(unused['bytes'])}), "
+            f"{_n(unused['sweepable'])} past the grace period"
+            + (f"; the next becomes sweepable at {when}" if when else "")
+        )
+    if "sweep" in doc:
+        sweep = doc["sweep"]
+        lines.append(
+            f"Sweep: {_n(sweep['files'])} files deleted ({_bytes(sweep['bytes'])}), "
+            f"{_n(sweep['missing'])} already gone, {_n(sweep['failed'])} failed, "
+            f"{_n(sweep['refused'])} refused"
+        )
     if doc["orphans"]:
         lines.append("Orphaned projects (left out; --purge-orphans deletes them):")
         lines.extend(

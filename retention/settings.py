@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -127,6 +128,27 @@ class Settings(BaseSettings):
         validation_alias=_env("RETENTION_TABLE_COLUMNS"),
         description="renamed columns, 'events.created=ts,objects.created=born'",
     )
+    # Object storage of segment files (DESIGN §3). Unset: segments are reported, not marked.
+    object_store_url: str | None = Field(
+        default=None, validation_alias=_env("RETENTION_OBJECT_STORE_URL")
+    )
+    s3_endpoint: str | None = Field(default=None, validation_alias=_env("RETENTION_S3_ENDPOINT"))
+    s3_region: str | None = Field(default=None, validation_alias=_env("RETENTION_S3_REGION"))
+    s3_access_key_id: str | None = Field(
+        default=None, validation_alias=_env("RETENTION_S3_ACCESS_KEY_ID")
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("RETENTION_S3_SECRET_ACCESS_KEY")
+    )
+    s3_allow_http: bool = Field(default=False, validation_alias=_env("RETENTION_S3_ALLOW_HTTP"))
+    object_store_options: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        validation_alias=_env("RETENTION_OBJECT_STORE_OPTIONS"),
+        description="more store options as JSON, e.g. GCS or Azure credentials",
+    )
+    sweep_batch_size: int = Field(
+        default=1000, ge=1, le=1000, validation_alias=_env("RETENTION_SWEEP_BATCH_SIZE")
+    )
     # The control plane (DESIGN §6). Unset URL: local policy files only.
     api_url: str | None = Field(default=None, validation_alias=_env("BRAINTRUST_API_URL"))
     org_name: str | None = Field(default=None, validation_alias=_env("BRAINTRUST_ORG_NAME"))
@@ -180,6 +202,21 @@ class Settings(BaseSettings):
         if value.tzinfo is None:
             raise ValueError("needs a UTC offset, e.g. 2026-11-27T03:00:00Z")
         return as_utc(value)
+
+    @field_validator("object_store_options", mode="before")
+    @classmethod
+    def _store_options(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise ValueError("expected a JSON object of strings") from None
+            if not isinstance(parsed, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+            ):
+                raise ValueError("expected a JSON object of strings")
+            return parsed
+        return value
 
     @field_validator("table_columns", mode="before")
     @classmethod

@@ -84,6 +84,9 @@ checkpoints = Table(
     Column("objects", BigInteger, nullable=False, server_default="0"),
     Column("batches", BigInteger, nullable=False, server_default="0"),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_segment_id", UUIDType),
+    Column("segments", BigInteger, nullable=False, server_default="0"),
+    Column("bytes", BigInteger, nullable=False, server_default="0"),
 )
 
 receipts = Table(
@@ -94,8 +97,8 @@ receipts = Table(
     Column("project_id", UUIDType, nullable=False),
     Column("object_type", Text, nullable=False),
     Column("policy_source", Text, nullable=False),
-    Column("retention_days", Float, nullable=False),
-    Column("cutoff", UTCDateTime, nullable=False),
+    Column("retention_days", Float),  # null for sweeps and restores
+    Column("cutoff", UTCDateTime),
     Column("rows", BigInteger, nullable=False),
     Column("objects", BigInteger, nullable=False, server_default="0"),
     Column("segments", BigInteger, nullable=False, server_default="0"),
@@ -104,6 +107,7 @@ receipts = Table(
     Column("last_key", Text),
     Column("keys_digest", Text),
     Column("recorded_at", UTCDateTime, nullable=False),
+    Column("action", Text, nullable=False, server_default="delete"),  # mark | sweep | restore
 )
 
 # pg_advisory_lock key: the bytes "retentio" as a signed 64-bit integer.
@@ -151,6 +155,9 @@ def run_lock(engine: Engine, database: Database) -> Iterator[Connection]:
                     conn.commit()
 
 
+# Runs that plan and delete; "sweep" and "restore" runs are records of those commands only.
+PURGE_MODES = ("purge", "run", "demo")
+
 # A run in one of these states did not finish; the next run resumes it (same pinned now).
 RESUMABLE = (RunStatus.RUNNING, RunStatus.PARTIAL, RunStatus.FAILED)
 
@@ -175,6 +182,9 @@ class Checkpoint:
     rows: int
     objects: int
     batches: int
+    segment_cursor: UUID | None = None
+    segments: int = 0
+    bytes: int = 0
 
 
 def _record(row: Any) -> RunRecord:
@@ -213,7 +223,7 @@ def start_run(
 def _unfinished(conn: Connection) -> list[RunRecord]:
     rows = conn.execute(
         select(runs)
-        .where(runs.c.status.in_([s.value for s in RESUMABLE]))
+        .where(runs.c.status.in_([s.value for s in RESUMABLE]), runs.c.mode.in_(PURGE_MODES))
         .order_by(runs.c.id.desc())
     ).all()
     return [_record(row) for row in rows]
@@ -267,16 +277,16 @@ def finish_run(
     *,
     status: RunStatus,
     clock: datetime,
-    segments: int = 0,
-    byte_count: int = 0,
     error: str | None = None,
 ) -> None:
     # Totals from the checkpoints: they also count what earlier attempts of the run deleted.
-    deleted = (
-        select(func.coalesce(func.sum(checkpoints.c.rows), 0))
-        .where(checkpoints.c.run_id == run_id)
-        .scalar_subquery()
-    )
+    def total(column: Any) -> Any:
+        return (
+            select(func.coalesce(func.sum(column), 0))
+            .where(checkpoints.c.run_id == run_id)
+            .scalar_subquery()
+        )
+
     conn.execute(
         update(runs)
         .where(runs.c.id == run_id)
@@ -284,9 +294,9 @@ def finish_run(
             status=status.value,
             finished_at=clock,
             heartbeat_at=clock,
-            rows=deleted,
-            segments=segments,
-            bytes=byte_count,
+            rows=total(checkpoints.c.rows),
+            segments=total(checkpoints.c.segments),
+            bytes=total(checkpoints.c.bytes),
             error=error,
         )
     )
@@ -310,6 +320,9 @@ def load_checkpoints(conn: Connection, run_id: int) -> dict[str, Checkpoint]:
             rows=int(row.rows),
             objects=int(row.objects),
             batches=int(row.batches),
+            segment_cursor=row.last_segment_id,
+            segments=int(row.segments),
+            bytes=int(row.bytes),
         )
     return found
 
@@ -334,6 +347,9 @@ def save_checkpoint(
         "rows": checkpoint.rows,
         "objects": checkpoint.objects,
         "batches": checkpoint.batches,
+        "last_segment_id": checkpoint.segment_cursor,
+        "segments": checkpoint.segments,
+        "bytes": checkpoint.bytes,
         "updated_at": clock,
     }
     updated = conn.execute(
@@ -362,12 +378,16 @@ def cursor_key(cursor: Cursor | None) -> str | None:
 
 
 def add_receipt(conn: Connection, run_id: int, *, clock: datetime, **values: Any) -> None:
+    values.setdefault("rows", 0)
     conn.execute(insert(receipts).values(run_id=run_id, recorded_at=clock, **values))
 
 
 def successful_runs(conn: Connection) -> int:
+    """Successful purges (sweeps and restores alone do not count as a reviewed purge)."""
     return int(
         conn.execute(
-            select(func.count()).where(runs.c.status == RunStatus.SUCCEEDED.value)
+            select(func.count()).where(
+                runs.c.status == RunStatus.SUCCEEDED.value, runs.c.mode.in_(PURGE_MODES)
+            )
         ).scalar_one()
     )

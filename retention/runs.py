@@ -1,0 +1,109 @@
+"""A run's record: open (or reopen for a resume), warnings and status, finish."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from . import report, state
+from .models import Phase, Plan, RunStatus, SweepOutcome, TargetOutcome
+from .state import Checkpoint, RunRecord
+
+log = logging.getLogger(__name__)
+
+
+def open_run(
+    conn: Connection,
+    clock: datetime,
+    resumed: RunRecord | None,
+    *,
+    mode: str,
+    now: datetime,
+    plan: dict[str, Any],
+) -> tuple[int, dict[str, Checkpoint]]:
+    """Start a run, or reopen the resumed one with its checkpoints."""
+    plan_hash = report.plan_hash(plan)
+    with conn.begin():
+        if resumed is not None:
+            state.reopen_run(conn, resumed, clock=clock, plan_hash=plan_hash, plan=plan)
+            return resumed.id, state.load_checkpoints(conn, resumed.id)
+        run = state.start_run(conn, mode=mode, now=now, clock=clock, plan_hash=plan_hash, plan=plan)
+        return run.id, {}
+
+
+def run_warnings(
+    plan: Plan,
+    run_id: int,
+    checkpoints: dict[str, Checkpoint],
+    guarded: dict[str, str],
+    swept: SweepOutcome | None,
+    marking: bool,
+) -> list[str]:
+    planned = {t.key for t in plan.targets}
+    warnings = list(plan.warnings)
+    for c in checkpoints.values():
+        if c.target in planned or not (c.rows or c.objects or c.segments):
+            continue
+        warnings.append(
+            f"run {run_id} deleted {c.rows:,} rows"
+            + (f" and {c.objects:,} experiments" if c.objects else "")
+            + (f" and marked {c.segments:,} segments" if c.segments else "")
+            + f" in earlier attempts for {c.target}, no longer planned (see its receipts)"
+        )
+    unmarked = sum(t.counts.segments for t in plan.targets if t.key not in guarded)
+    if not marking and unmarked:
+        warnings.append(
+            f"RETENTION_OBJECT_STORE_URL is not set: {unmarked:,} expired segments were "
+            "neither marked nor swept"
+        )
+    if swept is not None and swept.failed:
+        warnings.append(
+            f"{swept.failed:,} segment files could not be deleted; their index rows stay "
+            "and the next sweep retries them"
+        )
+    if swept is not None and swept.refused:
+        warnings.append(
+            f"{swept.refused:,} segments have object keys outside the store URL; refused"
+        )
+    return warnings
+
+
+def run_status(
+    outcomes: Sequence[TargetOutcome], guarded: dict[str, str], swept: SweepOutcome | None
+) -> RunStatus:
+    stopped = any(o.phase is not Phase.DONE for o in outcomes)
+    if stopped or (swept is not None and (swept.stopped or swept.failed)):
+        return RunStatus.PARTIAL
+    return RunStatus.GUARDED if guarded else RunStatus.SUCCEEDED
+
+
+def error_text(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+
+
+def finish(
+    conn: Connection,
+    clock: Callable[[], datetime],
+    run_id: int,
+    status: RunStatus,
+    error: str | None = None,
+) -> None:
+    if conn.invalidated:
+        # The session (and with it the run lock) is gone. A new session would write without
+        # the lock, perhaps over a run that resumed meanwhile: leave the run to be resumed.
+        log.warning("run %d: database session lost; the next run resumes it", run_id)
+        return
+    try:
+        if conn.in_transaction():
+            conn.rollback()
+        with conn.begin():
+            state.finish_run(conn, run_id, status=status, clock=clock(), error=error)
+    except Exception:  # the original error matters more; the run stays resumable
+        if error is None:
+            raise
+        log.warning("could not record the failed run %d", run_id)

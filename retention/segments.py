@@ -1,0 +1,257 @@
+"""All SQL on the segments index (DESIGN §3): counts, mark, sweep candidates, restore.
+
+A segment of logs or a dataset expires when ``max_created < cutoff``; one that straddles the
+cutoff is kept and reported. Every segment of an expired experiment expires, and so does a
+segment whose experiment is no longer in the registry. Two phases: **mark** (``state =
+'unused'``, ``unused_at``) and, after the grace period, **sweep** (file, then index row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from sqlalchemy import ColumnElement, Connection, and_, delete, false, func, or_, select, update
+
+from .dataplane import expired_experiments, not_held
+from .models import ObjectType, Resolution, UnusedSegments
+from .tables import DataPlaneTables
+
+LIVE = "live"
+UNUSED = "unused"
+
+
+@dataclass(frozen=True)
+class SegmentCounts:
+    expired: int = 0
+    bytes: int = 0
+    straddling: int = 0
+
+
+@dataclass(frozen=True)
+class MarkResult:
+    segments: int
+    bytes: int
+    last: UUID | None
+
+
+@dataclass(frozen=True)
+class SegmentFile:
+    segment_id: UUID
+    key: str
+    bytes: int
+    project_id: UUID
+    object_type: str
+
+
+def _of_target(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bool]:
+    sg = tables.segments
+    return and_(
+        sg.c.project_id == resolution.project_id,
+        sg.c.object_type == resolution.object_type.value,
+        not_held(sg.c.object_id, resolution.held_object_ids),
+    )
+
+
+def expired(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bool]:
+    """Segments of the target that the resolution expires (live or already unused)."""
+    sg, ob = tables.segments, tables.objects
+    if resolution.cutoff is None:
+        return false()
+    if resolution.object_type is ObjectType.EXPERIMENT:
+        registered = select(ob.c.object_id).where(ob.c.object_type == ObjectType.EXPERIMENT.value)
+        return and_(
+            _of_target(tables, resolution),
+            or_(
+                sg.c.object_id.in_(expired_experiments(tables, resolution)),
+                sg.c.object_id.not_in(registered),
+            ),
+        )
+    return and_(_of_target(tables, resolution), sg.c.max_created < resolution.cutoff)
+
+
+def straddling(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bool]:
+    sg = tables.segments
+    if resolution.cutoff is None or resolution.object_type is ObjectType.EXPERIMENT:
+        return false()
+    return and_(
+        _of_target(tables, resolution),
+        sg.c.state == LIVE,
+        sg.c.min_created < resolution.cutoff,
+        sg.c.max_created >= resolution.cutoff,
+    )
+
+
+def count(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> SegmentCounts:
+    sg = tables.segments
+    if resolution.cutoff is None:
+        return SegmentCounts()
+    found, size = conn.execute(
+        select(func.count(), func.coalesce(func.sum(sg.c.byte_size), 0)).where(
+            expired(tables, resolution), sg.c.state == LIVE
+        )
+    ).one()
+    across = conn.execute(select(func.count()).where(straddling(tables, resolution))).scalar_one()
+    return SegmentCounts(expired=int(found), bytes=int(size), straddling=int(across))
+
+
+def mark_batch(
+    conn: Connection,
+    tables: DataPlaneTables,
+    resolution: Resolution,
+    after: UUID | None,
+    limit: int,
+    clock: datetime,
+) -> MarkResult:
+    """Mark up to ``limit`` expired live segments unused, in segment-id order past ``after``."""
+    sg = tables.segments
+    condition = and_(expired(tables, resolution), sg.c.state == LIVE)
+    batch = select(sg.c.segment_id).where(condition)
+    if after is not None:
+        batch = batch.where(sg.c.segment_id > after)
+    batch = batch.order_by(sg.c.segment_id).limit(limit)
+    statement = (
+        update(sg)
+        .where(sg.c.segment_id.in_(batch.scalar_subquery()), condition)  # re-checked
+        .values(state=UNUSED, unused_at=clock)
+        .returning(sg.c.segment_id, sg.c.byte_size)
+    )
+    marked = sorted(conn.execute(statement).all())
+    return MarkResult(
+        segments=len(marked),
+        bytes=sum(int(row[1]) for row in marked),
+        last=marked[-1][0] if marked else None,
+    )
+
+
+def unused_summary(
+    conn: Connection, tables: DataPlaneTables, clock: datetime, grace: timedelta
+) -> UnusedSegments:
+    """Unused segments; those unused for longer than ``grace`` at ``clock`` are sweepable."""
+    threshold = clock - grace
+    sg = tables.segments
+    row = conn.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(sg.c.byte_size), 0),
+            func.count().filter(sg.c.unused_at <= threshold),
+            func.coalesce(func.sum(sg.c.byte_size).filter(sg.c.unused_at <= threshold), 0),
+            func.min(sg.c.unused_at).filter(sg.c.unused_at > threshold),
+        ).where(sg.c.state == UNUSED)
+    ).one()
+    return UnusedSegments(
+        segments=int(row[0]),
+        bytes=int(row[1]),
+        sweepable=int(row[2]),
+        sweepable_bytes=int(row[3]),
+        next_sweepable_at=row[4] + grace if row[4] is not None else None,
+    )
+
+
+def sweep_candidates(
+    conn: Connection, tables: DataPlaneTables, threshold: datetime, after: UUID | None, limit: int
+) -> list[SegmentFile]:
+    sg = tables.segments
+    query = select(
+        sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type
+    ).where(sg.c.state == UNUSED, sg.c.unused_at <= threshold)
+    if after is not None:
+        query = query.where(sg.c.segment_id > after)
+    rows = conn.execute(query.order_by(sg.c.segment_id).limit(limit)).all()
+    return [
+        SegmentFile(segment_id=r[0], key=r[1], bytes=int(r[2]), project_id=r[3], object_type=r[4])
+        for r in rows
+    ]
+
+
+def forget(
+    conn: Connection, tables: DataPlaneTables, segment_ids: Iterable[UUID], threshold: datetime
+) -> int:
+    """Remove index rows of swept files (still unused and past grace: re-checked)."""
+    ids = sorted(set(segment_ids))
+    if not ids:
+        return 0
+    sg = tables.segments
+    statement = delete(sg).where(
+        sg.c.segment_id.in_(ids), sg.c.state == UNUSED, sg.c.unused_at <= threshold
+    )
+    return int(conn.execute(statement).rowcount)
+
+
+@dataclass(frozen=True)
+class RestoreFilter:
+    project_id: UUID | None = None
+    object_type: ObjectType | None = None
+    object_id: UUID | None = None
+    since: datetime | None = None
+    segment_id: UUID | None = None
+
+    def condition(self, tables: DataPlaneTables) -> ColumnElement[bool]:
+        sg = tables.segments
+        parts: list[ColumnElement[bool]] = [sg.c.state == UNUSED]
+        if self.segment_id is not None:
+            parts.append(sg.c.segment_id == self.segment_id)
+        if self.project_id is not None:
+            parts.append(sg.c.project_id == self.project_id)
+        if self.object_type is not None:
+            parts.append(sg.c.object_type == self.object_type.value)
+        if self.object_id is not None:
+            parts.append(sg.c.object_id == self.object_id)
+        if self.since is not None:
+            parts.append(sg.c.unused_at >= self.since)
+        return and_(*parts)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    restored: list[SegmentFile]
+    past_grace: int  # matched, but unused for longer than the grace period
+
+
+def restore(
+    conn: Connection, tables: DataPlaneTables, which: RestoreFilter, threshold: datetime
+) -> RestoreResult:
+    """Return unused segments still in grace (``unused_at > threshold``) to live."""
+    sg = tables.segments
+    condition = which.condition(tables)
+    past = conn.execute(
+        select(func.count()).where(condition, sg.c.unused_at <= threshold)
+    ).scalar_one()
+    rows = conn.execute(
+        update(sg)
+        .where(condition, sg.c.unused_at > threshold)
+        .values(state=LIVE, unused_at=None)
+        .returning(
+            sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type
+        )
+    ).all()
+    restored = [
+        SegmentFile(segment_id=r[0], key=r[1], bytes=int(r[2]), project_id=r[3], object_type=r[4])
+        for r in rows
+    ]
+    return RestoreResult(
+        restored=sorted(restored, key=lambda f: f.segment_id), past_grace=int(past)
+    )
+
+
+def by_project(
+    conn: Connection, tables: DataPlaneTables, projects: Sequence[UUID]
+) -> dict[UUID, tuple[int, int]]:
+    """(segments, bytes) of the given projects, any state (for orphan reports)."""
+    if not projects:
+        return {}
+    sg = tables.segments
+    query = (
+        select(sg.c.project_id, func.count(), func.coalesce(func.sum(sg.c.byte_size), 0))
+        .where(sg.c.project_id.in_(list(projects)))
+        .group_by(sg.c.project_id)
+    )
+    return {row[0]: (int(row[1]), int(row[2])) for row in conn.execute(query)}
+
+
+def index_keys(conn: Connection, tables: DataPlaneTables) -> Iterator[tuple[str, UUID]]:
+    sg = tables.segments
+    for row in conn.execute(select(sg.c.object_key, sg.c.segment_id)):
+        yield str(row[0]), row[1]
