@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -157,8 +158,22 @@ def open_store(settings: Settings, *, create: bool = False) -> ObjectStore | Non
         ):
             if value:
                 options[key] = value
-        if settings.s3_allow_http:
-            options["client_options"] = {"allow_http": True}
+    if parts.scheme != "file":
+        client: dict[str, Any] = {
+            "connect_timeout": timedelta(seconds=5),
+            "timeout": settings.object_store_timeout,
+        }
+        if settings.s3_allow_http and parts.scheme in ("s3", "s3a"):
+            client["allow_http"] = True
+        options["client_options"] = client
+        options["retry_config"] = {
+            "max_retries": settings.object_store_max_retries,
+            "retry_timeout": settings.object_store_timeout,
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=5),
+            },
+        }
     try:
         store = from_url(url, **options)
     except (ObstoreError, OSError, ValueError, TypeError, RuntimeError) as exc:

@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         validation_alias=_env("RETENTION_OBJECT_STORE_OPTIONS"),
         description="more store options as JSON, e.g. GCS or Azure credentials",
     )
+    object_store_timeout: Duration = Field(
+        default=timedelta(seconds=60), validation_alias=_env("RETENTION_OBJECT_STORE_TIMEOUT")
+    )
+    object_store_max_retries: int = Field(
+        default=3, ge=0, le=20, validation_alias=_env("RETENTION_OBJECT_STORE_MAX_RETRIES")
+    )
     sweep_batch_size: int = Field(
         default=1000, ge=1, le=1000, validation_alias=_env("RETENTION_SWEEP_BATCH_SIZE")
     )

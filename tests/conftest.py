@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from retention import migrate
 from retention.db import make_engine, parse_database_url
 from tests.fakecp import FakeControlPlane
-from tests.pg import Cluster, throwaway_cluster
+from tests.pg import Cluster, free_port, throwaway_cluster
+from tests.stores import FileStore, S3Store, new_bucket
 from tests.support import create_reference_schema
 
 TEMPLATE = "retention_template"
@@ -144,3 +145,34 @@ def token_file(tmp_path: Path, fake_cp: FakeControlPlane) -> Path:
     path.parent.mkdir()
     path.write_text(next(iter(fake_cp.tokens)) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """An S3-compatible server (moto) on loopback, for the s3:// tests."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def file_store(tmp_path: Path) -> FileStore:
+    root = tmp_path / "store"
+    root.mkdir()
+    return FileStore(root)
+
+
+@pytest.fixture
+def s3_store(moto_endpoint: str) -> S3Store:
+    return new_bucket(moto_endpoint)
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest) -> FileStore | S3Store:
+    """The same test on real files and on an S3-compatible server."""
+    name = "file_store" if request.param == "file" else "s3_store"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]

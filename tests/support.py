@@ -91,6 +91,38 @@ def _id(engine: sa.Engine, value: UUID) -> Any:
 class Scenario:
     objects: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    segments: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_segment(
+        self,
+        object_type: str,
+        object_id: UUID,
+        project_id: UUID,
+        min_created: datetime,
+        max_created: datetime,
+        *,
+        key: str | None = None,
+        size: int = 1000,
+        state: str = "live",
+        unused_at: datetime | None = None,
+        segment_id: UUID | None = None,
+    ) -> dict[str, Any]:
+        segment_id = segment_id or uuid.UUID(int=len(self.segments) + 1, version=4)
+        row = dict(
+            segment_id=segment_id,
+            object_type=object_type,
+            object_id=object_id,
+            project_id=project_id,
+            min_created=min_created,
+            max_created=max_created,
+            row_count=10,
+            byte_size=size,
+            object_key=key or f"{object_type}/{project_id}/{object_id}/{segment_id}.seg",
+            state=state,
+            unused_at=unused_at,
+        )
+        self.segments.append(row)
+        return row
 
     def project_ids(self) -> list[UUID]:
         return sorted({o["project_id"] for o in self.objects})
@@ -162,6 +194,28 @@ def insert(engine: sa.Engine, scenario: Scenario) -> None:
                     "VALUES (:object_type, :object_id, :project_id, :name, :created)"
                 ),
                 objects,
+            )
+        if scenario.segments:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO segments (segment_id, object_type, object_id, project_id, "
+                    "min_created, max_created, row_count, byte_size, object_key, state, "
+                    "unused_at) VALUES (:segment_id, :object_type, :object_id, :project_id, "
+                    ":min_created, :max_created, :row_count, :byte_size, :object_key, :state, "
+                    ":unused_at)"
+                ),
+                [
+                    {
+                        **g,
+                        "segment_id": str(g["segment_id"]),
+                        "object_id": str(g["object_id"]),
+                        "project_id": str(g["project_id"]),
+                        "min_created": _ts(engine, g["min_created"]),
+                        "max_created": _ts(engine, g["max_created"]),
+                        "unused_at": _ts(engine, g["unused_at"]) if g["unused_at"] else None,
+                    }
+                    for g in scenario.segments
+                ],
             )
         for start in range(0, len(events), 5000):
             conn.execute(
@@ -294,3 +348,12 @@ def policy_toml(
     if floor is not None:
         lines += ["", "[safety]", f"min_retention_days = {floor}"]
     return "\n".join(lines) + "\n"
+
+
+def segment_states(engine: sa.Engine) -> dict[str, tuple[str, bool]]:
+    """segment_id -> (state, has unused_at)."""
+    with engine.connect() as conn:
+        return {
+            str(r[0]): (r[1], r[2] is not None)
+            for r in conn.exec_driver_sql("SELECT segment_id, state, unused_at FROM segments")
+        }

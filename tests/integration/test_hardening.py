@@ -101,6 +101,7 @@ def test_operator_options_in_the_url_are_kept(pg_url: str, tmp_path: Path) -> No
         conn.exec_driver_sql("CREATE SCHEMA dp")
         conn.exec_driver_sql("CREATE TABLE dp.events (LIKE public.events INCLUDING ALL)")
         conn.exec_driver_sql("CREATE TABLE dp.objects (LIKE public.objects INCLUDING ALL)")
+        conn.exec_driver_sql("CREATE TABLE dp.segments (LIKE public.segments INCLUDING ALL)")
     policies = write_policies(tmp_path / "p", policy_toml(defaults={"project_logs": 30}))
     url = pg_url + "?options=-c%20search_path%3Ddp"
     report = engine_module.plan(worker(url, policies))
