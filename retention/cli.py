@@ -85,29 +85,22 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="retention",
-        description="Enforce data retention on a self-hosted Braintrust data plane.",
-        epilog="exit codes: 0 done, 1 unexpected error, 2 usage/configuration/policy, "
-        "3 control plane, 4 database, 5 partial (resumable), 6 safety guard, 7 locked",
-    )
-    parser.add_argument("--version", action="version", version=f"retention {__version__}")
-    _common(parser, suppress=False)
-    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+Command = Callable[[str, str], argparse.ArgumentParser]
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = subcommands.add_parser(name, help=help_text, description=help_text)
-        _common(sub, suppress=True)
-        return sub
 
+def _purge_command(command: Command) -> None:
+    """purge: plan, guards, plan files."""
     purge = command("purge", "plan, then delete expired data (rows in batches, checkpointed)")
     purge.add_argument(
         "--dry-run",
         action="store_true",
         help="plan only, in a read-only session; writes nothing, takes no lock",
     )
-    purge.add_argument("--format", choices=report.FORMATS, default="table")
+    purge.add_argument(
+        "--format",
+        choices=report.FORMATS,
+        help="table (default), json (the default for --output FILE.json: a plan file), markdown",
+    )
     purge.add_argument("--output", type=Path, metavar="FILE", help="write the report to FILE")
     purge.add_argument(
         "--batch-size",
@@ -137,29 +130,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="also delete the data of orphaned projects (deleted in, or unknown to, the "
         "control plane); holds and the safety floor still apply",
     )
+    purge.add_argument(
+        "--plan",
+        type=Path,
+        metavar="FILE",
+        help="apply exactly this reviewed plan (from purge --dry-run --output FILE.json); "
+        "refuses on drift (exit 6); with --dry-run, only checks for drift",
+    )
+    purge.add_argument(
+        "--plan-max-age", metavar="DURATION", help="RETENTION_PLAN_MAX_AGE (default 24h)"
+    )
+    limits = purge.add_argument_group("guards (each overrides its environment variable)")
+    limits.add_argument(
+        "--max-delete-fraction",
+        type=float,
+        metavar="F",
+        help="RETENTION_MAX_DELETE_FRACTION: of a target's rows (default 0.5)",
+    )
+    limits.add_argument(
+        "--max-delete-rows",
+        type=int,
+        metavar="N",
+        help="RETENTION_MAX_DELETE_ROWS: per target (default: no limit)",
+    )
+    limits.add_argument(
+        "--max-delete-bytes",
+        type=int,
+        metavar="N",
+        help="RETENTION_MAX_DELETE_BYTES: segment bytes per target",
+    )
+    limits.add_argument(
+        "--max-run-rows",
+        type=int,
+        metavar="N",
+        help="RETENTION_MAX_RUN_ROWS: rows in the whole run",
+    )
+    limits.add_argument(
+        "--max-run-bytes",
+        type=int,
+        metavar="N",
+        help="RETENTION_MAX_RUN_BYTES: segment bytes in the whole run",
+    )
+    limits.add_argument(
+        "--max-policy-shrink",
+        type=float,
+        metavar="F",
+        help="RETENTION_MAX_POLICY_SHRINK: how much shorter a policy may be "
+        "than in the last successful run (default 0.5)",
+    )
     purge.set_defaults(handler=commands.purge)
 
-    policies = command("policies", "effective policies per project and object type")
-    policies.add_argument(
-        "--explain",
-        action="store_true",
-        help="every source considered, the winner, floor, hold and cutoff",
-    )
-    policies.add_argument("--format", choices=("text", "json"), default="text")
-    policies.set_defaults(handler=commands.policies)
 
-    db = command("db", "the worker's own tables (alembic migrations)")
-    db.add_argument(
-        "action",
-        choices=("upgrade", "current", "check"),
-        help="upgrade: migrate to head; current: print the revision; check: exit 2 unless at head",
-    )
-    db.set_defaults(handler=commands.db)
+def _audit_commands(command: Command) -> None:
+    """receipts and holds."""
+    receipts = command("receipts", "the append-only deletion receipts")
+    receipts.add_argument("--project", metavar="ID")
+    receipts.add_argument("--object-type", choices=[t.value for t in ObjectType])
+    receipts.add_argument("--action", choices=("delete", "mark", "sweep", "restore"))
+    receipts.add_argument("--run", type=int, metavar="N", help="receipts of one run")
+    receipts.add_argument("--since", metavar="TIME", help="recorded at or after TIME (ISO 8601)")
+    receipts.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    receipts.set_defaults(handler=commands.receipts)
 
-    controlplane = command("controlplane", "the control plane: check URL, token and read access")
-    controlplane.add_argument("action", choices=("check",))
-    controlplane.set_defaults(handler=commands.controlplane)
+    holds = command("holds", "active holds with reason and expiry (from the policy files)")
+    holds.add_argument("--all", action="store_true", help="also expired holds")
+    holds.add_argument("--format", choices=("table", "json"), default="table")
+    holds.set_defaults(handler=commands.holds)
 
+
+def _segment_commands(command: Command) -> None:
+    """sweep, restore, segments check; controlplane, demo, policies, db."""
     sweep = command(
         "sweep",
         "only the second phase: delete the files of segments unused for longer than the "
@@ -198,6 +238,46 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--seed", type=int, default=7)
     demo_cmd.add_argument("--format", choices=report.FORMATS, default="table")
     demo_cmd.set_defaults(handler=commands.demo_command)
+    policies = command("policies", "effective policies per project and object type")
+    policies.add_argument(
+        "--explain",
+        action="store_true",
+        help="every source considered, the winner, floor, hold and cutoff",
+    )
+    policies.add_argument("--format", choices=("text", "json"), default="text")
+    policies.set_defaults(handler=commands.policies)
+
+    db = command("db", "the worker's own tables (alembic migrations)")
+    db.add_argument(
+        "action",
+        choices=("upgrade", "current", "check"),
+        help="upgrade: migrate to head; current: print the revision; check: exit 2 unless at head",
+    )
+    db.set_defaults(handler=commands.db)
+
+    controlplane = command("controlplane", "the control plane: check URL, token and read access")
+    controlplane.add_argument("action", choices=("check",))
+    controlplane.set_defaults(handler=commands.controlplane)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retention",
+        description="Enforce data retention on a self-hosted Braintrust data plane.",
+        epilog="exit codes: 0 done, 1 unexpected error, 2 usage/configuration/policy, "
+        "3 control plane, 4 database, 5 partial (resumable), 6 safety guard, 7 locked",
+    )
+    parser.add_argument("--version", action="version", version=f"retention {__version__}")
+    _common(parser, suppress=False)
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = subcommands.add_parser(name, help=help_text, description=help_text)
+        _common(sub, suppress=True)
+        return sub
+
+    for add in (_purge_command, _audit_commands, _segment_commands):
+        add(command)
     return parser
 
 
@@ -214,6 +294,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         "audit",
         "grace_period",
         "object_store_url",
+        "plan_max_age",
+        "max_delete_fraction",
+        "max_delete_rows",
+        "max_delete_bytes",
+        "max_run_rows",
+        "max_run_bytes",
+        "max_policy_shrink",
     )
     return load_settings(**{k: getattr(args, k, None) for k in keys})
 

@@ -6,6 +6,7 @@ Each returns its exit code; errors propagate to ``cli.main``, which maps them.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
-from . import demo, engine, maintenance, migrate, report
+from . import demo, engine, maintenance, migrate, planfile, report
 from .db import make_engine, parse_database_url, translate_errors, use_wal
 from .errors import ExitCode, UsageError
 from .models import ObjectType, Plan, RunReport, RunStatus, as_utc
@@ -22,6 +23,7 @@ from .segments import RestoreFilter
 from .settings import Settings
 from .signals import stop_on_signals
 from .sources import control_plane_source
+from .state import RECEIPT_FIELDS
 
 RUN_EXIT = {
     RunStatus.SUCCEEDED: ExitCode.OK,
@@ -64,12 +66,29 @@ def _confirm() -> Callable[[Plan], bool]:
     return ask
 
 
+def _format(args: argparse.Namespace) -> str:
+    if args.format:
+        return str(args.format)
+    return "json" if args.output is not None and args.output.suffix == ".json" else "table"
+
+
+def _render(result: RunReport, fmt: str) -> str:
+    """The report; a dry run's JSON is a plan file (sealed with its content hash)."""
+    if fmt == "json" and result.dry_run:
+        return json.dumps(planfile.seal(report.report_document(result)), indent=2) + "\n"
+    return report.render(result, fmt)
+
+
 def purge(args: argparse.Namespace, settings: Settings) -> int:
     _check_writable(args.output)
+    fmt = _format(args)
+    reviewed = planfile.read(args.plan) if args.plan is not None else None
     # The handlers stay in place while the report is written: a signal then must not kill
     # the process with a signal status after the run was recorded.
     with stop_on_signals() as stop:
         worker = engine.Worker.from_settings(settings, should_stop=stop)
+        if args.dry_run and reviewed is not None:
+            return _check_plan(worker, reviewed)
         if args.dry_run:
             result = engine.plan(worker, purge_orphans=args.purge_orphans)
         else:
@@ -79,6 +98,7 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
                 confirm=confirm,
                 allow_large_deletes=args.allow_large_deletes,
                 purge_orphans=args.purge_orphans,
+                plan_file=reviewed,
             )
         if not args.dry_run and result.status is None:
             print("aborted; nothing deleted", file=sys.stderr)
@@ -87,10 +107,26 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
         if result.sweep is not None and result.sweep.failed:
             code = int(ExitCode.DATABASE)  # the store failed: index rows kept, next sweep retries
         try:
-            _emit(report.render(result, args.format), args.output)
+            _emit(_render(result, fmt), args.output)
         except BrokenPipeError:  # the work is done; its exit code still tells what happened
             silence_stdout()
         return code
+
+
+def _check_plan(worker: engine.Worker, reviewed: planfile.PlanFile) -> int:
+    """``purge --dry-run --plan FILE``: would the plan still apply? Exit 6 if not."""
+    planfile.check_age(reviewed, worker.clock(), worker.settings.plan_max_age)
+    fresh = engine.plan(worker, purge_orphans=reviewed.orphans, now=reviewed.now)
+    problems = planfile.drift(reviewed, report.plan_document(fresh.plan))
+    for line in problems:
+        print(f"drift: {line}")
+    for line in planfile.shortfall(reviewed, fresh.plan.targets):
+        print(f"note: {line}")
+    if problems:
+        print(f"retention: the plan {reviewed.path} no longer applies", file=sys.stderr)
+        return int(ExitCode.GUARD)
+    print(f"the plan {reviewed.path} applies as reviewed ({reviewed.hash})")
+    return 0
 
 
 def silence_stdout() -> None:
@@ -164,9 +200,9 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
         f"{done.database_url}\n{done.data.segments} segment files in {done.store_url}\n"
         f"Policies: {done.policy_file}\n"
     )
-    print("$ retention purge --dry-run")
+    print(f"$ retention purge --dry-run --output {done.plan_path}   # the plan to review")
     sys.stdout.write(report.render(done.dry_run, args.format))
-    print("\n$ retention purge --yes --allow-large-deletes   # first run: reviewed above")
+    print(f"\n$ retention purge --yes --plan {done.plan_path}   # applies exactly that plan")
     sys.stdout.write(report.render(done.purge, args.format))
     print(
         f"\nInspect it: RETENTION_DATABASE_URL={done.database_url} "
@@ -222,14 +258,7 @@ def _uuid_arg(value: str | None, flag: str) -> UUID | None:
 
 
 def restore(args: argparse.Namespace, settings: Settings) -> int:
-    since = None
-    if args.since:
-        try:
-            since = as_utc(datetime.fromisoformat(args.since.replace("Z", "+00:00")))
-        except ValueError:
-            raise UsageError(
-                f"--since: {args.since!r} is not an ISO 8601 time with offset"
-            ) from None
+    since = _time_arg(args.since, "--since")
     which = RestoreFilter(
         project_id=_uuid_arg(args.project, "--project"),
         segment_id=_uuid_arg(args.segment, "--segment"),
@@ -287,3 +316,75 @@ def segments(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {key}")
         print("Nothing was deleted.")
     return 0
+
+
+def receipts(args: argparse.Namespace, settings: Settings) -> int:
+    since = _time_arg(args.since, "--since")
+    found = engine.receipts(
+        engine.Worker.from_settings(settings),
+        project_id=_uuid_arg(args.project, "--project"),
+        object_type=args.object_type,
+        action=args.action,
+        run_id=args.run,
+        since=since,
+    )
+    if args.format == "json":
+        print(json.dumps(found, indent=2))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(RECEIPT_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(found)
+    else:
+        for item in found:
+            days = "-" if item["retention_days"] is None else f"{item['retention_days']:g}d"
+            print(
+                f"{item['recorded_at'][:19]} run {item['run_id']} {item['action']:<7} "
+                f"{item['project_id']} {item['object_type']:<12} {days:>6} "
+                f"cutoff {(item['cutoff'] or '-')[:19]} rows {item['rows']:,} "
+                f"experiments {item['objects']:,} segments {item['segments']:,} "
+                f"bytes {item['bytes']:,} digest {(item['keys_digest'] or '-')[:16]}"
+            )
+        print(f"{len(found):,} receipts")
+    return 0
+
+
+def holds(args: argparse.Namespace, settings: Settings) -> int:
+    worker = engine.Worker.from_settings(settings)
+    now = worker.pinned_now()
+    found = [h for s in worker.load_policies() for h in s.holds if args.all or h.active(now)]
+    doc = [
+        {
+            "project_id": str(h.project_id),
+            "object_type": h.object_type.value if h.object_type else None,
+            "object_id": str(h.object_id) if h.object_id else None,
+            "reason": h.reason,
+            "expires": h.expires.isoformat() if h.expires else None,
+            "active": h.active(now),
+            "source": h.origin,
+        }
+        for h in found
+    ]
+    if args.format == "json":
+        print(json.dumps(doc, indent=2))
+        return 0
+    for hold in found:
+        scope = str(hold.project_id)
+        scope += f"/{hold.object_type}" if hold.object_type else ""
+        scope += f"/{hold.object_id}" if hold.object_id else ""
+        until = f"until {hold.expires.isoformat()}" if hold.expires else "no expiry"
+        state = "" if hold.active(now) else " (expired, ignored)"
+        print(f"{scope}: {hold.reason} ({until}; {hold.origin}){state}")
+    print(f"{sum(1 for h in found if h.active(now))} active holds")
+    return 0
+
+
+def _time_arg(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{flag}: {value!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise UsageError(f"{flag}: {value!r} needs a UTC offset, e.g. Z")
+    return as_utc(parsed)

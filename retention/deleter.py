@@ -12,7 +12,7 @@ are all gone), so an interrupted run never leaves rows of an unregistered experi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from . import dataplane, segments, state
-from .models import BatchResult, ObjectType, Phase, Target, TargetOutcome
+from .models import BatchResult, Hold, ObjectType, Phase, Target, TargetOutcome
 from .state import Checkpoint
 from .tables import DataPlaneTables
 
@@ -36,6 +36,7 @@ class BatchContext:
     clock: Callable[[], datetime]
     should_stop: Callable[[], bool]
     mark_segments: bool = True  # False without an object store: segments stay live
+    holds: Callable[[], Sequence[Hold]] | None = None  # re-read before every batch
 
 
 def initial_checkpoint(target: Target, found: Checkpoint | None) -> Checkpoint:
@@ -163,6 +164,27 @@ _STEPS = {
 }
 
 
+def apply_new_holds(target: Target, holds: Sequence[Hold]) -> tuple[Target, Hold | None]:
+    """The target with holds added since planning; the hold that now covers all of it."""
+    r = target.resolution
+    active = [h for h in holds if h.active(r.now)]
+    whole = next((h for h in active if h.covers_target(r.project_id, r.object_type)), None)
+    if whole is not None:
+        return target, whole
+    objects = tuple(h for h in active if h.covers_object(r.project_id, r.object_type))
+    known = r.held_object_ids
+    if {h.object_id for h in objects} - known:
+        extra = tuple(h for h in objects if h.object_id not in known)
+        resolution = replace(r, object_holds=r.object_holds + extra)
+        log.warning(
+            "target=%s: %d more object(s) held since planning; they are kept",
+            target.key,
+            len(extra),
+        )
+        return replace(target, resolution=resolution), None
+    return target, None
+
+
 def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) -> TargetOutcome:
     checkpoint = initial_checkpoint(target, found)
     if checkpoint.phase is Phase.SEGMENTS and not ctx.mark_segments:
@@ -170,6 +192,15 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
     while checkpoint.phase is not Phase.DONE:
         if ctx.should_stop():
             return _outcome(target, checkpoint, "stopped")
+        if ctx.holds is not None:  # a hold added during the run stops the next batch
+            target, hold = apply_new_holds(target, ctx.holds())
+            if hold is not None:
+                log.warning("target=%s: held during the run (%s); stopped", target.key, hold.reason)
+                return _outcome(
+                    target,
+                    replace(checkpoint, phase=Phase.DONE),
+                    f"held during the run: {hold.reason}",
+                )
         with ctx.conn.begin():
             checkpoint = _STEPS[checkpoint.phase](ctx, target, checkpoint)
     log.info(

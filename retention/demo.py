@@ -7,6 +7,7 @@ experiment. Everything is relative to ``now`` so the demo always has expired dat
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from collections import Counter
@@ -19,7 +20,7 @@ from uuid import UUID
 
 from sqlalchemy import Engine, insert
 
-from . import migrate
+from . import migrate, planfile, report
 from .db import make_engine, parse_database_url, translate_errors, use_wal
 from .models import ObjectType, RunReport
 from .objectstore import ObjectStore, open_store
@@ -273,6 +274,7 @@ def reset_file(path: Path) -> None:
 
 @dataclass(frozen=True)
 class DemoRun:
+    plan_path: Path
     store_url: str | None
     database_url: str
     policy_file: Path
@@ -324,9 +326,15 @@ def run(
         finally:
             db_engine.dispose()
     dry = engine_module.plan(worker)
-    # The first run on a database needs review: the dry run above is that review.
-    done = engine_module.purge(worker, mode="demo", allow_large_deletes=True)
+    # The reviewed flow: the dry run goes to a plan file, and the purge applies exactly that
+    # plan (the first run on a database needs such a review).
+    plan_path = settings.state_dir / "demo-plan.json"
+    plan_path.write_text(
+        json.dumps(planfile.seal(report.report_document(dry)), indent=2), encoding="utf-8"
+    )
+    done = engine_module.purge(worker, mode="demo", plan_file=planfile.read(plan_path))
     return DemoRun(
+        plan_path=plan_path,
         store_url=demo_settings.object_store_url,
         database_url=url,
         policy_file=policy_file,

@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection
 
-from . import dataplane, migrate, report, state
+from . import dataplane, migrate, planfile, report, state
 from .db import make_engine, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
+from .errors import GuardError
 from .guards import GuardSettings, guard
 from .models import (
     Phase,
@@ -34,6 +36,7 @@ from .models import (
     TargetOutcome,
 )
 from .objectstore import ObjectStore, open_store
+from .planfile import PlanFile
 from .planner import build_plan, resolve_for_data_plane
 from .policy import Resolved
 from .runs import error_text, finish, open_run, run_status, run_warnings
@@ -98,11 +101,14 @@ def _plan(
         )
 
 
-def plan(worker: Worker, *, purge_orphans: bool = False) -> RunReport:
-    """A dry run: the plan, in a read-only session. Takes no lock, writes nothing."""
+def plan(worker: Worker, *, purge_orphans: bool = False, now: datetime | None = None) -> RunReport:
+    """A dry run: the plan, in a read-only session. Takes no lock, writes nothing.
+
+    ``now`` re-plans at an earlier pinned time (a reviewed plan's).
+    """
     started = time.monotonic()
     policy_sets = worker.load_policies()
-    now = worker.pinned_now()
+    now = now or worker.pinned_now()
     database = worker.database
     warnings: list[str] = []
     with translate_errors(database):
@@ -144,6 +150,7 @@ class RunOptions:
     confirm: Callable[[Plan], bool] | None = None
     allow_large_deletes: bool = False
     purge_orphans: bool = False
+    plan_file: PlanFile | None = None  # a reviewed plan to apply exactly
 
 
 def purge(
@@ -153,6 +160,7 @@ def purge(
     confirm: Callable[[Plan], bool] | None = None,
     allow_large_deletes: bool = False,
     purge_orphans: bool = False,
+    plan_file: PlanFile | None = None,
 ) -> RunReport:
     """Plan and delete under the run lock; resume an interrupted run first."""
     policy_sets = worker.load_policies()
@@ -177,7 +185,8 @@ def purge(
                     mode=mode,
                     confirm=confirm,
                     allow_large_deletes=allow_large_deletes,
-                    purge_orphans=purge_orphans,
+                    purge_orphans=purge_orphans or (plan_file is not None and plan_file.orphans),
+                    plan_file=plan_file,
                 )
                 return _locked_purge(conn, worker, policy_sets, now, options, store)
         finally:
@@ -197,6 +206,18 @@ def _locked_purge(
     with conn.begin():
         resumed = state.resumable_run(conn, clock=worker.clock(), max_age=settings.resume_max_age)
         first_run = state.successful_runs(conn) == 0
+        previous = state.last_success_days(conn)
+    reviewed = options.plan_file
+    if reviewed is not None:
+        planfile.check_age(reviewed, worker.clock(), settings.plan_max_age)
+        if resumed is not None and resumed.pinned_now != reviewed.now:
+            raise GuardError(
+                f"run {resumed.id} is unfinished (pinned now {resumed.pinned_now.isoformat()}); "
+                "finish it with 'retention purge' before applying a plan; nothing deleted"
+            )
+        now = reviewed.now
+    elif resumed is not None:
+        now = resumed.pinned_now
     if resumed is not None:
         log.warning(
             "resuming run %d (%s) with its pinned now %s",
@@ -204,22 +225,43 @@ def _locked_purge(
             resumed.status,
             resumed.pinned_now.isoformat(),
         )
-        now = resumed.pinned_now
     the_plan = _plan(conn, worker, policy_sets, now, options.purge_orphans)
     plan_done = time.monotonic()
+    document = report.plan_document(the_plan)
+    notes: list[str] = []
+    if reviewed is not None:
+        problems = planfile.drift(reviewed, document)
+        if problems:
+            shown = "; ".join(problems[:5]) + (
+                f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            )
+            raise GuardError(f"the plan {reviewed.path} drifted, nothing deleted: {shown}")
+        notes = planfile.shortfall(reviewed, the_plan.targets)
     guarded = guard(
         the_plan.targets,
         GuardSettings(
             max_delete_fraction=settings.max_delete_fraction,
+            max_rows=settings.max_delete_rows,
+            max_bytes=settings.max_delete_bytes,
+            max_run_rows=settings.max_run_rows,
+            max_run_bytes=settings.max_run_bytes,
+            max_policy_shrink=settings.max_policy_shrink,
+            previous_days=previous,
             first_run=first_run,
-            allow_large_deletes=options.allow_large_deletes,
+            # a reviewed plan file is the review the guards ask for
+            allow_large_deletes=options.allow_large_deletes or reviewed is not None,
         ),
     )
-    document = report.plan_document(the_plan)
     if options.confirm is not None and not options.confirm(the_plan):
         return RunReport(plan=the_plan, dry_run=True, warnings=("aborted by the operator",))
     run_id, checkpoints = open_run(
-        conn, worker.clock(), resumed, mode=options.mode, now=now, plan=document
+        conn,
+        worker.clock(),
+        resumed,
+        mode=options.mode,
+        now=now,
+        plan=document,
+        plan_hash=reviewed.hash if reviewed is not None else None,
     )
     budget = settings.max_runtime
 
@@ -235,6 +277,7 @@ def _locked_purge(
         clock=worker.clock,
         should_stop=should_stop,
         mark_segments=store is not None,
+        holds=worker.hold_watcher(),
     )
     outcomes: list[TargetOutcome] = []
     swept: SweepOutcome | None = None
@@ -258,7 +301,9 @@ def _locked_purge(
     except BaseException as error:
         finish(conn, worker.clock, run_id, RunStatus.FAILED, error=error_text(error))
         raise
-    warnings = run_warnings(the_plan, run_id, checkpoints, guarded, swept, store is not None)
+    warnings = notes + run_warnings(
+        the_plan, run_id, checkpoints, guarded, swept, store is not None
+    )
     status = run_status(outcomes, guarded, swept)
     finish(conn, worker.clock, run_id, status)
     return RunReport(
@@ -301,3 +346,16 @@ def _purge_or_skip(
         phase=Phase.DONE,
         guard=reason,
     )
+
+
+def receipts(worker: Worker, **filters: Any) -> list[dict[str, Any]]:
+    """The deletion receipts, read-only (``state.list_receipts`` filters)."""
+    database = worker.database
+    with translate_errors(database):
+        engine = make_engine(database, read_only=True)
+        try:
+            with engine.connect() as conn, snapshot(conn):
+                migrate.require_current(conn)
+                return state.list_receipts(conn, **filters)
+        finally:
+            engine.dispose()

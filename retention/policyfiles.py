@@ -221,3 +221,35 @@ def _expiry(value: Any, origin: str, where: str) -> datetime | None:
     except OverflowError:
         raise PolicyError(f"{origin}: {where}: {value} is out of range in UTC") from None
     raise PolicyError(f"{origin}: {where}: expected a TOML date (2027-01-31), got {value!r}")
+
+
+class HoldWatcher:
+    """The holds of a policy folder, re-read when a file changes (checked before each batch).
+
+    A hold added while a run is in progress takes effect at the next batch of its target.
+    A policy file that breaks while the run goes on stops the run (``PolicyError``).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._holds: tuple[Hold, ...] = ()
+
+    def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
+        if not self.path.is_dir():
+            return ()
+        stamps = []
+        for file in sorted(self.path.glob("*.toml")):
+            try:
+                info = file.stat()
+            except OSError:
+                continue
+            stamps.append((file.name, info.st_mtime_ns, info.st_size))
+        return tuple(stamps)
+
+    def __call__(self) -> tuple[Hold, ...]:
+        stamp = self._current_stamp()
+        if stamp != self._stamp:
+            self._holds = load_policy_dir(self.path, required=False).holds
+            self._stamp = stamp
+        return self._holds

@@ -43,6 +43,7 @@ def target_document(target: Target, outcome: TargetOutcome | None = None) -> dic
         "held": r.held,
         "hold_reason": r.hold.reason if r.hold else None,
         "held_objects": sorted(str(o) for o in c.held_objects),
+        "held_object_ids": sorted(str(o) for o in r.held_object_ids),
         "rows": c.rows,
         "total_rows": c.total_rows,
         "expired_objects": c.objects,

@@ -24,9 +24,10 @@ def open_run(
     mode: str,
     now: datetime,
     plan: dict[str, Any],
+    plan_hash: str | None = None,
 ) -> tuple[int, dict[str, Checkpoint]]:
     """Start a run, or reopen the resumed one with its checkpoints."""
-    plan_hash = report.plan_hash(plan)
+    plan_hash = plan_hash or report.plan_hash(plan)
     with conn.begin():
         if resumed is not None:
             state.reopen_run(conn, resumed, clock=clock, plan_hash=plan_hash, plan=plan)

@@ -110,6 +110,28 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         validation_alias=_env("RETENTION_MAX_DELETE_FRACTION"),
     )
+    max_delete_rows: int | None = Field(
+        default=None, ge=0, validation_alias=_env("RETENTION_MAX_DELETE_ROWS")
+    )
+    max_delete_bytes: int | None = Field(
+        default=None, ge=0, validation_alias=_env("RETENTION_MAX_DELETE_BYTES")
+    )
+    max_run_rows: int | None = Field(
+        default=None, ge=0, validation_alias=_env("RETENTION_MAX_RUN_ROWS")
+    )
+    max_run_bytes: int | None = Field(
+        default=None, ge=0, validation_alias=_env("RETENTION_MAX_RUN_BYTES")
+    )
+    max_policy_shrink: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        validation_alias=_env("RETENTION_MAX_POLICY_SHRINK"),
+    )
+    plan_max_age: Duration = Field(
+        default=timedelta(hours=24), validation_alias=_env("RETENTION_PLAN_MAX_AGE")
+    )
     lock_timeout: Duration = Field(
         default=timedelta(seconds=30), validation_alias=_env("RETENTION_LOCK_TIMEOUT")
     )

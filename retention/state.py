@@ -382,6 +382,27 @@ def add_receipt(conn: Connection, run_id: int, *, clock: datetime, **values: Any
     conn.execute(insert(receipts).values(run_id=run_id, recorded_at=clock, **values))
 
 
+def last_success_days(conn: Connection) -> dict[str, float]:
+    """Retention days per target in the last successful purge (for the shrink guard)."""
+    row = conn.execute(
+        select(runs.c.plan)
+        .where(runs.c.status == RunStatus.SUCCEEDED.value, runs.c.mode.in_(PURGE_MODES))
+        .order_by(runs.c.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return {}
+    try:
+        plan = json.loads(row[0])
+        return {
+            f"{t['project_id']}/{t['object_type']}": float(t["retention_days"])
+            for t in plan.get("targets", [])
+            if t.get("retention_days") is not None
+        }
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
 def successful_runs(conn: Connection) -> int:
     """Successful purges (sweeps and restores alone do not count as a reviewed purge)."""
     return int(
@@ -391,3 +412,55 @@ def successful_runs(conn: Connection) -> int:
             )
         ).scalar_one()
     )
+
+
+RECEIPT_FIELDS = (
+    "id",
+    "run_id",
+    "recorded_at",
+    "action",
+    "project_id",
+    "object_type",
+    "policy_source",
+    "retention_days",
+    "cutoff",
+    "rows",
+    "objects",
+    "segments",
+    "bytes",
+    "first_key",
+    "last_key",
+    "keys_digest",
+)
+
+
+def list_receipts(
+    conn: Connection,
+    *,
+    project_id: UUID | None = None,
+    object_type: str | None = None,
+    action: str | None = None,
+    run_id: int | None = None,
+    since: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Receipts in the order they were written, as plain values (ids and times as text)."""
+    query = select(*(receipts.c[name] for name in RECEIPT_FIELDS)).order_by(receipts.c.id)
+    if project_id is not None:
+        query = query.where(receipts.c.project_id == project_id)
+    if object_type is not None:
+        query = query.where(receipts.c.object_type == object_type)
+    if action is not None:
+        query = query.where(receipts.c.action == action)
+    if run_id is not None:
+        query = query.where(receipts.c.run_id == run_id)
+    if since is not None:
+        query = query.where(receipts.c.recorded_at >= since)
+    found = []
+    for row in conn.execute(query):
+        item = dict(row._mapping)
+        for key in ("project_id",):
+            item[key] = str(item[key])
+        for key in ("recorded_at", "cutoff"):
+            item[key] = item[key].isoformat() if item[key] is not None else None
+        found.append(item)
+    return found

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from .db import Database, parse_database_url
 from .errors import UsageError
-from .models import PolicySet
+from .models import Hold, PolicySet
+from .policyfiles import HoldWatcher
 from .settings import Settings
 from .sources import LocalPolicySource, PolicySource, control_plane_source
 from .tables import DataPlaneTables, build_tables
@@ -63,6 +64,11 @@ class Worker:
                 f"pinned now {now.isoformat()} is in the future (clock {clock.isoformat()})"
             )
         return now
+
+    def hold_watcher(self) -> Callable[[], tuple[Hold, ...]] | None:
+        """Holds of the local policy folder, re-read before each batch."""
+        local = next((s for s in self.sources if isinstance(s, LocalPolicySource)), None)
+        return HoldWatcher(local.path) if local is not None else None
 
     def load_policies(self) -> list[PolicySet]:
         """Every source completely, or an exception: never a half-read policy set."""

@@ -116,7 +116,7 @@ def _fraction_message(rows: int, total: int, percent: str, fraction: str) -> str
     return (
         f"would delete {rows} of {total} rows ({percent}), more than the maximum "
         f"fraction {fraction} (RETENTION_MAX_DELETE_FRACTION); rerun with "
-        "--allow-large-deletes after review"
+        "--allow-large-deletes after review, or apply a reviewed plan"
     )
 
 
