@@ -1,0 +1,270 @@
+"""Receipts an auditor can check, and holds that take effect mid-run."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
+
+from retention import engine as engine_module
+from retention.models import RunStatus
+from tests.acceptance.cli import clean_env, run
+from tests.conftest import engine_for
+from tests.integration.helpers import purge, worker, write_policies
+from tests.support import NOW, generate, insert, policy_toml, surviving_rows
+
+
+def _sequence_ids(url: str) -> dict[str, list[tuple[str, str, str, int]]]:
+    """Before the purge: (project, type, created iso, sequence_id) of every row, by row id."""
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT id, project_id, object_type, created, sequence_id FROM events"
+        ).all()
+    engine.dispose()
+    return {r[0]: (str(r[1]), r[2], str(r[3]), int(r[4])) for r in rows}
+
+
+def test_receipt_digests_match_the_deleted_keys(db_url: str, tmp_path: Path) -> None:
+    scenario = generate(61, projects=3, events=900)
+    insert(engine_for(db_url), scenario)
+    before = _sequence_ids(db_url)
+    policies = write_policies(
+        tmp_path / "p", policy_toml(defaults={"project_logs": 30, "dataset": 45})
+    )
+    report = purge(worker(db_url, policies, batch_size=17))
+    assert report.status is RunStatus.SUCCEEDED
+    deleted_ids = set(before) - surviving_rows(engine_for(db_url))
+    deleted = sorted(before[i][3] for i in deleted_ids)
+
+    found = engine_module.receipts(worker(db_url, policies), action="delete")
+    assert sum(r["rows"] for r in found) == len(deleted)
+    # every receipt's digest is the SHA-256 of its batch's keys, recomputed here from the
+    # keys that were deleted between its first and last key
+    covered: list[int] = []
+    for receipt in found:
+        if not receipt["rows"]:
+            continue
+        first = int(receipt["first_key"].rpartition("/")[2])
+        last = int(receipt["last_key"].rpartition("/")[2])
+        project, object_type = receipt["project_id"], receipt["object_type"]
+        keys = sorted(
+            seq
+            for i in deleted_ids
+            for (p, t, _created, seq) in [before[i]]
+            if p == project and t == object_type and _in_batch(before[i], receipt)
+        )
+        assert len(keys) == receipt["rows"]
+        digest = hashlib.sha256("".join(f"{k}\n" for k in keys).encode()).hexdigest()
+        assert receipt["keys_digest"] == digest
+        assert first in keys and last in keys
+        covered.extend(keys)
+    assert sorted(covered) == deleted  # each deleted key in exactly one receipt
+
+
+def _in_batch(row: tuple[str, str, str, int], receipt: dict) -> bool:
+    """Rows are deleted in (created, sequence_id) order: a batch is the range first..last."""
+    first_created, _, first_seq = receipt["first_key"].rpartition("/")
+    last_created, _, last_seq = receipt["last_key"].rpartition("/")
+    key = (_norm(row[2]), row[3])
+    return (_norm(first_created), int(first_seq)) <= key <= (_norm(last_created), int(last_seq))
+
+
+def _norm(text: str) -> str:
+    from datetime import UTC, datetime
+
+    value = datetime.fromisoformat(text.replace(" ", "T").replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat()
+
+
+def test_receipts_command_filters_and_formats(pg_url: str, tmp_path: Path) -> None:
+    scenario = generate(62, projects=2, events=400)
+    a, b = scenario.project_ids()
+    insert(engine_for(pg_url), scenario)
+    policies = write_policies(tmp_path / "p", policy_toml(defaults={"project_logs": 30}))
+    purge(worker(pg_url, policies))
+    env = clean_env(
+        RETENTION_DATABASE_URL=pg_url,
+        RETENTION_POLICY_DIR=str(policies),
+        RETENTION_NOW=NOW.isoformat(),
+    )
+    result = run("receipts", "--project", str(a), "--format", "json", env=env)
+    assert result.code == 0, result.stderr
+    found = json.loads(result.stdout)
+    expected = sum(
+        1
+        for e in scenario.events
+        if e["project_id"] == a
+        and e["object_type"] == "project_logs"
+        and e["created"] < NOW - timedelta(days=30)
+    )
+    assert found and {r["project_id"] for r in found} == {str(a)}
+    assert sum(r["rows"] for r in found) == expected
+    sample = found[0]
+    assert sample["retention_days"] == 30.0
+    assert sample["cutoff"] == (NOW - timedelta(days=30)).isoformat()
+    assert "local-default" in sample["policy_source"] and sample["action"] == "delete"
+    assert sample["run_id"] == 1 and sample["keys_digest"]
+
+    as_csv = run("receipts", "--format", "csv", env=env)
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert {r["project_id"] for r in rows} == {str(a), str(b)}
+    assert rows[0].keys() >= {
+        "run_id",
+        "project_id",
+        "object_type",
+        "cutoff",
+        "rows",
+        "segments",
+        "bytes",
+        "keys_digest",
+    }
+    later = run("receipts", "--since", "2999-01-01T00:00:00Z", "--format", "json", env=env)
+    assert json.loads(later.stdout) == []
+    table = run("receipts", "--object-type", "project_logs", env=env)
+    assert table.code == 0 and table.stdout.strip().endswith(f"{len(rows)} receipts")
+    assert run("receipts", "--since", "yesterday", env=env).code == 2
+
+
+def test_receipts_survive_the_deleted_data(db_url: str, tmp_path: Path) -> None:
+    scenario = generate(63, projects=1, events=200)
+    insert(engine_for(db_url), scenario)
+    policies = write_policies(
+        tmp_path / "p",
+        policy_toml(defaults={"project_logs": 1, "experiment": 1, "dataset": 1}, floor=0.5),
+    )
+    purge(worker(db_url, policies))
+    with engine_for(db_url).begin() as conn:
+        conn.exec_driver_sql("DELETE FROM events")
+        conn.exec_driver_sql("DELETE FROM objects")
+    found = engine_module.receipts(worker(db_url, policies))
+    assert sum(r["rows"] for r in found) > 0
+
+
+def test_holds_command_lists_active_and_expired(tmp_path: Path) -> None:
+    project = "5f0c6c1e-3d5b-4b7e-9a51-0d6f7c2b9e11"
+    policies = write_policies(
+        tmp_path / "p",
+        f"""
+[[holds]]
+project = "{project}"
+reason = "legal matter 2026-14"
+expires = 2027-01-31
+
+[[holds]]
+project = "{project}"
+object_type = "experiment"
+object_id = "0b7e0000-0000-4000-8000-00000000e001"
+reason = "baseline"
+
+[[holds]]
+project = "{project}"
+reason = "old matter"
+expires = 2020-01-01
+""",
+    )
+    env = clean_env(RETENTION_POLICY_DIR=str(policies), RETENTION_NOW=NOW.isoformat())
+    result = run("holds", env=env)
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{project}: legal matter 2026-14 (until 2027-02-01T00:00:00+00:00; {policies}/"
+        "policy.toml)",
+        f"{project}/experiment/0b7e0000-0000-4000-8000-00000000e001: baseline (no expiry; "
+        f"{policies}/policy.toml)",
+        "2 active holds",
+    ]
+    everything = json.loads(run("holds", "--all", "--format", "json", env=env).stdout)
+    assert [h["active"] for h in everything] == [True, True, False]
+    assert everything[2]["reason"] == "old matter"
+
+
+def test_a_hold_added_during_the_run_stops_that_target_at_the_next_batch(
+    db_url: str, tmp_path: Path
+) -> None:
+    scenario = generate(64, projects=2, events=1200)
+    held, other = sorted(scenario.project_ids())  # targets run in project order: held first
+    insert(engine_for(db_url), scenario)
+    policies = write_policies(tmp_path / "p", policy_toml(defaults={"project_logs": 5}))
+    expired = {
+        p: {
+            e["id"]
+            for e in scenario.events
+            if e["project_id"] == p
+            and e["object_type"] == "project_logs"
+            and e["created"] < NOW - timedelta(days=5)
+        }
+        for p in (held, other)
+    }
+    calls = {"n": 0}
+
+    def add_hold_after_two_batches() -> bool:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first target has done two batches: a hold arrives
+            (policies / "legal.toml").write_text(
+                f'[[holds]]\nproject = "{held}"\nreason = "legal matter arrived mid-run"\n'
+            )
+        return False
+
+    report = purge(worker(db_url, policies, batch_size=10, should_stop=add_hold_after_two_batches))
+    assert report.status is RunStatus.SUCCEEDED
+    outcome = next(
+        o
+        for o in report.outcomes
+        if o.target.project_id == held and o.target.object_type == "project_logs"
+    )
+    assert outcome.rows == 20  # two batches, then the hold stopped it
+    assert outcome.note == "held during the run: legal matter arrived mid-run"
+    left = surviving_rows(engine_for(db_url))
+    assert len(expired[held] & left) == len(expired[held]) - 20
+    # the other project is not held: all its expired rows are gone
+    other_outcome = next(
+        o
+        for o in report.outcomes
+        if o.target.project_id == other and o.target.object_type == "project_logs"
+    )
+    assert other_outcome.rows == len(expired[other])
+    assert not expired[other] & left
+
+
+def test_an_object_hold_added_during_the_run_keeps_that_object(db_url: str, tmp_path: Path) -> None:
+    scenario = generate(65, projects=1, events=1500)
+    (project,) = scenario.project_ids()
+    datasets = sorted(
+        (o["object_id"] for o in scenario.objects if o["object_type"] == "dataset"), key=str
+    )
+    insert(engine_for(db_url), scenario)
+    policies = write_policies(tmp_path / "p", policy_toml(defaults={"dataset": 5}))
+    calls = {"n": 0}
+    keep: UUID = datasets[1]
+
+    def hold_one_dataset() -> bool:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            (policies / "hold.toml").write_text(
+                f'[[holds]]\nproject = "{project}"\nobject_type = "dataset"\n'
+                f'object_id = "{keep}"\nreason = "keep this one"\n'
+            )
+        return False
+
+    report = purge(worker(db_url, policies, batch_size=5, should_stop=hold_one_dataset))
+    assert report.status is RunStatus.SUCCEEDED
+    left = surviving_rows(engine_for(db_url))
+    expired_kept = {
+        e["id"]
+        for e in scenario.events
+        if e["object_id"] == keep and e["created"] < NOW - timedelta(days=5)
+    }
+    outcome = next(o for o in report.outcomes if o.target.object_type == "dataset")
+    gone_of_kept = expired_kept - left
+    assert len(gone_of_kept) <= 5  # at most the first batch, before the hold arrived
+    assert outcome.rows == sum(
+        1
+        for e in scenario.events
+        if e["object_type"] == "dataset" and e["created"] < NOW - timedelta(days=5)
+    ) - (len(expired_kept) - len(gone_of_kept))
