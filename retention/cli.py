@@ -182,7 +182,16 @@ def _purge_command(command: Command) -> None:
 
 
 def _audit_commands(command: Command) -> None:
-    """receipts and holds."""
+    """policies, holds, receipts."""
+    policies = command("policies", "effective policies per project and object type")
+    policies.add_argument(
+        "--explain",
+        action="store_true",
+        help="every source considered, the winner, floor, hold and cutoff",
+    )
+    policies.add_argument("--format", choices=("text", "json"), default="text")
+    policies.set_defaults(handler=commands.policies)
+
     receipts = command("receipts", "the append-only deletion receipts")
     receipts.add_argument("--project", metavar="ID")
     receipts.add_argument("--object-type", choices=[t.value for t in ObjectType])
@@ -199,7 +208,7 @@ def _audit_commands(command: Command) -> None:
 
 
 def _segment_commands(command: Command) -> None:
-    """sweep, restore, segments check; controlplane, demo, policies, db."""
+    """sweep, restore, segments check."""
     sweep = command(
         "sweep",
         "only the second phase: delete the files of segments unused for longer than the "
@@ -233,19 +242,12 @@ def _segment_commands(command: Command) -> None:
     segments_cmd.add_argument("--format", choices=("table", "json"), default="table")
     segments_cmd.set_defaults(handler=commands.segments)
 
-    demo_cmd = command("demo", "seed a synthetic data plane in SQLite, then dry-run and purge it")
-    demo_cmd.add_argument("--events", type=int, default=120_000, metavar="N")
-    demo_cmd.add_argument("--seed", type=int, default=7)
-    demo_cmd.add_argument("--format", choices=report.FORMATS, default="table")
-    demo_cmd.set_defaults(handler=commands.demo_command)
-    policies = command("policies", "effective policies per project and object type")
-    policies.add_argument(
-        "--explain",
-        action="store_true",
-        help="every source considered, the winner, floor, hold and cutoff",
-    )
-    policies.add_argument("--format", choices=("text", "json"), default="text")
-    policies.set_defaults(handler=commands.policies)
+
+def _setup_commands(command: Command) -> None:
+    """controlplane, db, demo."""
+    controlplane = command("controlplane", "the control plane: check URL, token and read access")
+    controlplane.add_argument("action", choices=("check",))
+    controlplane.set_defaults(handler=commands.controlplane)
 
     db = command("db", "the worker's own tables (alembic migrations)")
     db.add_argument(
@@ -255,9 +257,11 @@ def _segment_commands(command: Command) -> None:
     )
     db.set_defaults(handler=commands.db)
 
-    controlplane = command("controlplane", "the control plane: check URL, token and read access")
-    controlplane.add_argument("action", choices=("check",))
-    controlplane.set_defaults(handler=commands.controlplane)
+    demo_cmd = command("demo", "seed a synthetic data plane in SQLite, then dry-run and purge it")
+    demo_cmd.add_argument("--events", type=int, default=120_000, metavar="N")
+    demo_cmd.add_argument("--seed", type=int, default=7)
+    demo_cmd.add_argument("--format", choices=report.FORMATS, default="table")
+    demo_cmd.set_defaults(handler=commands.demo_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub, suppress=True)
         return sub
 
-    for add in (_purge_command, _audit_commands, _segment_commands):
+    for add in (_purge_command, _audit_commands, _segment_commands, _setup_commands):
         add(command)
     return parser
 
