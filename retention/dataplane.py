@@ -85,13 +85,16 @@ _SQLITE_FORMATS = {
 }
 
 
-def check_sqlite_values(conn: Connection, tables: DataPlaneTables) -> None:
+def check_sqlite_values(
+    conn: Connection, tables: DataPlaneTables, roles: Iterable[str] = tuple(_SQLITE_FORMATS)
+) -> None:
     """On SQLite, times and ids are text compared as text: refuse any other spelling.
 
     A timestamp like '2026-10-28 00:00:00' or '2026-10-27T20:00:00-05:00' would compare
     wrongly against the cutoff, so its presence stops the run (exit 2) before any deletion.
     """
-    for role, columns in _SQLITE_FORMATS.items():
+    for role in roles:
+        columns = _SQLITE_FORMATS[role]
         table = tables.by_role(role)
         for key, pattern in columns.items():
             column = type_coerce(table.c[key], Text)

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from . import dataplane, migrate, planfile, report, state
+from . import migrate, planfile, report, state
 from .db import make_engine, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
 from .errors import GuardError
@@ -39,22 +39,23 @@ from .objectstore import ObjectStore, open_store
 from .planfile import PlanFile
 from .planner import build_plan, resolve_for_data_plane
 from .policy import Resolved
-from .runs import error_text, finish, open_run, run_status, run_warnings
+from .runs import (
+    ALL_TABLES,
+    check_data_plane,
+    error_text,
+    finish,
+    locked,
+    open_run,
+    run_status,
+    run_warnings,
+)
 from .state import Checkpoint
 from .sweeper import SweepContext, sweep
-from .tables import DataPlaneTables
 from .worker import Worker, utc_now
 
 __all__ = ["Worker", "explain", "plan", "purge", "utc_now"]
 
 log = logging.getLogger(__name__)
-
-
-def _check_data_plane(conn: Connection, tables: DataPlaneTables) -> None:
-    with snapshot(conn):
-        dataplane.check_schema(conn, tables, ("events", "objects", "segments"))
-        if conn.dialect.name == "sqlite":
-            dataplane.check_sqlite_values(conn, tables)
 
 
 def explain(worker: Worker) -> Resolved:
@@ -67,7 +68,7 @@ def explain(worker: Worker) -> Resolved:
         engine = make_engine(database, read_only=True)
         try:
             with engine.connect() as conn:
-                _check_data_plane(conn, tables)
+                check_data_plane(conn, tables, ALL_TABLES)
                 with snapshot(conn):
                     resolved, _ = resolve_for_data_plane(
                         conn,
@@ -115,7 +116,7 @@ def plan(worker: Worker, *, purge_orphans: bool = False, now: datetime | None = 
         engine = make_engine(database, read_only=True)
         try:
             with engine.connect() as conn:
-                _check_data_plane(conn, worker.tables)
+                check_data_plane(conn, worker.tables, ALL_TABLES)
                 the_plan = _plan(conn, worker, policy_sets, now, purge_orphans)
                 warnings.extend(_pending_warning(conn, worker))
         finally:
@@ -165,32 +166,18 @@ def purge(
     """Plan and delete under the run lock; resume an interrupted run first."""
     policy_sets = worker.load_policies()
     now = worker.pinned_now()
-    database = worker.database
-    settings = worker.settings
-    with translate_errors(database):
-        engine = make_engine(
-            database,
-            lock_timeout=settings.lock_timeout,
-            statement_timeout=settings.statement_timeout,
+    with locked(worker) as conn:
+        store = open_store(worker.settings)
+        if store is not None:
+            store.check()  # unreachable or misconfigured: exit 4, nothing touched
+        options = RunOptions(
+            mode=mode,
+            confirm=confirm,
+            allow_large_deletes=allow_large_deletes,
+            purge_orphans=purge_orphans or (plan_file is not None and plan_file.orphans),
+            plan_file=plan_file,
         )
-        try:
-            with state.run_lock(engine, database) as conn:
-                _check_data_plane(conn, worker.tables)
-                with snapshot(conn):
-                    migrate.require_current(conn)
-                store = open_store(settings)
-                if store is not None:
-                    store.check()  # unreachable or misconfigured: exit 4, nothing touched
-                options = RunOptions(
-                    mode=mode,
-                    confirm=confirm,
-                    allow_large_deletes=allow_large_deletes,
-                    purge_orphans=purge_orphans or (plan_file is not None and plan_file.orphans),
-                    plan_file=plan_file,
-                )
-                return _locked_purge(conn, worker, policy_sets, now, options, store)
-        finally:
-            engine.dispose()
+        return _locked_purge(conn, worker, policy_sets, now, options, store)
 
 
 def _locked_purge(

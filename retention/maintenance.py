@@ -8,42 +8,18 @@ the store under a prefix (the one place that lists) and compares it with the ind
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection
-
-from . import dataplane, migrate, segments, state
+from . import dataplane, segments
 from .db import make_engine, snapshot, translate_errors
 from .errors import UsageError
 from .models import RunStatus, SweepOutcome
 from .objectstore import ObjectStore, open_store
-from .runs import error_text, finish, open_run
+from .runs import error_text, finish, locked, open_run
 from .segments import RestoreFilter, RestoreResult
 from .sweeper import SweepContext, record_segments, sweep
 from .worker import Worker
-
-
-@contextmanager
-def _locked(worker: Worker) -> Iterator[Connection]:
-    database = worker.database
-    settings = worker.settings
-    with translate_errors(database):
-        engine = make_engine(
-            database,
-            lock_timeout=settings.lock_timeout,
-            statement_timeout=settings.statement_timeout,
-        )
-        try:
-            with state.run_lock(engine, database) as conn:
-                with snapshot(conn):
-                    dataplane.check_schema(conn, worker.tables, ("segments",))
-                    migrate.require_current(conn)
-                yield conn
-        finally:
-            engine.dispose()
 
 
 def _store(worker: Worker) -> ObjectStore:
@@ -71,7 +47,7 @@ def sweep_only(worker: Worker) -> SweepReport:
     """The second phase alone: files of segments unused for longer than the grace period."""
     store = _store(worker)
     started = time.monotonic()
-    with _locked(worker) as conn:
+    with locked(worker, ("segments",)) as conn:
         now = worker.pinned_now()
         run_id, _ = open_run(conn, worker.clock(), None, mode="sweep", now=now, plan={})
         threshold = worker.clock() - worker.settings.grace_period
@@ -105,7 +81,7 @@ class RestoreReport:
 
 def restore(worker: Worker, which: RestoreFilter) -> RestoreReport:
     """Return unused segments still in grace to live: it undoes a mark, nothing more."""
-    with _locked(worker) as conn:
+    with locked(worker, ("segments",)) as conn:
         now = worker.pinned_now()
         run_id, _ = open_run(conn, worker.clock(), None, mode="restore", now=now, plan={})
         threshold = worker.clock() - worker.settings.grace_period

@@ -103,7 +103,7 @@ def drift(planned: PlanFile, fresh_document: dict[str, Any]) -> list[str]:
                 f"{new.get('retention_days')} days, held {old.get('held')} -> {new.get('held')}"
                 f", floor {old.get('floor_days')} -> {new.get('floor_days')})"
             )
-        for field in ("rows", "segments"):
+        for field in ("rows", "expired_objects", "segments"):
             if int(new[field]) > int(old[field]):
                 problems.append(
                     f"target {key}: {new[field]:,} {field} expire now, {old[field]:,} reviewed"

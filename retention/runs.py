@@ -1,19 +1,57 @@
-"""A run's record: open (or reopen for a resume), warnings and status, finish."""
+"""A run's connection and record: lock and checks, open or reopen, warnings, status, finish."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
-from . import report, state
+from . import dataplane, migrate, report, state
+from .db import make_engine, snapshot, translate_errors
 from .models import Phase, Plan, RunStatus, SweepOutcome, TargetOutcome
 from .state import Checkpoint, RunRecord
+from .tables import DataPlaneTables
+from .worker import Worker
 
 log = logging.getLogger(__name__)
+
+ALL_TABLES = ("events", "objects", "segments")
+
+
+def check_data_plane(conn: Connection, tables: DataPlaneTables, roles: Sequence[str]) -> None:
+    """Every table and column the run needs, and on SQLite every value's spelling."""
+    with snapshot(conn):
+        dataplane.check_schema(conn, tables, roles)
+        if conn.dialect.name == "sqlite":
+            dataplane.check_sqlite_values(conn, tables, roles)
+
+
+@contextmanager
+def locked(worker: Worker, roles: Sequence[str] = ALL_TABLES) -> Iterator[Connection]:
+    """The run's one connection, holding the run lock, after the schema checks.
+
+    Driver errors inside the block are translated (exit 4); a second run exits 7.
+    """
+    database = worker.database
+    settings = worker.settings
+    with translate_errors(database):
+        engine = make_engine(
+            database,
+            lock_timeout=settings.lock_timeout,
+            statement_timeout=settings.statement_timeout,
+        )
+        try:
+            with state.run_lock(engine, database) as conn:
+                check_data_plane(conn, worker.tables, roles)
+                with snapshot(conn):
+                    migrate.require_current(conn)
+                yield conn
+        finally:
+            engine.dispose()
 
 
 def open_run(
