@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, commands, report
+from . import __version__, commands, logs, report
 from .errors import ExitCode, RetentionError
 from .models import ObjectType
 from .settings import Settings, load_settings
@@ -88,59 +88,42 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 Command = Callable[[str, str], argparse.ArgumentParser]
 
 
-def _purge_command(command: Command) -> None:
-    """purge: plan, guards, plan files."""
-    purge = command("purge", "plan, then delete expired data (rows in batches, checkpointed)")
-    purge.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="plan only, in a read-only session; writes nothing, takes no lock",
-    )
-    purge.add_argument(
-        "--format",
-        choices=report.FORMATS,
-        help="table (default), json (the default for --output FILE.json: a plan file), markdown",
-    )
-    purge.add_argument("--output", type=Path, metavar="FILE", help="write the report to FILE")
-    purge.add_argument(
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of every command that deletes: batches, budget, guards, plans, orphans."""
+    parser.add_argument(
         "--batch-size",
         type=int,
         metavar="N",
         help="RETENTION_BATCH_SIZE: rows per batch transaction (default 1000)",
     )
-    purge.add_argument(
+    parser.add_argument(
         "--max-runtime",
         metavar="DURATION",
         help="RETENTION_MAX_RUNTIME: stop at a batch boundary after this long (exit 5, resumable)",
     )
-    purge.add_argument(
-        "--yes",
-        action="store_true",
-        help="do not ask for confirmation (it is only asked on a terminal)",
-    )
-    purge.add_argument(
+    parser.add_argument(
         "--allow-large-deletes",
         action="store_true",
         help="override the safety guards for this run (first run on a database, "
         "RETENTION_MAX_DELETE_FRACTION), after reviewing the dry run",
     )
-    purge.add_argument(
+    parser.add_argument(
         "--purge-orphans",
         action="store_true",
         help="also delete the data of orphaned projects (deleted in, or unknown to, the "
         "control plane); holds and the safety floor still apply",
     )
-    purge.add_argument(
+    parser.add_argument(
         "--plan",
         type=Path,
         metavar="FILE",
         help="apply exactly this reviewed plan (from purge --dry-run --output FILE.json); "
         "refuses on drift (exit 6); with --dry-run, only checks for drift",
     )
-    purge.add_argument(
+    parser.add_argument(
         "--plan-max-age", metavar="DURATION", help="RETENTION_PLAN_MAX_AGE (default 24h)"
     )
-    limits = purge.add_argument_group("guards (each overrides its environment variable)")
+    limits = parser.add_argument_group("guards (each overrides its environment variable)")
     limits.add_argument(
         "--max-delete-fraction",
         type=float,
@@ -178,7 +161,76 @@ def _purge_command(command: Command) -> None:
         help="RETENTION_MAX_POLICY_SHRINK: how much shorter a policy may be "
         "than in the last successful run (default 0.5)",
     )
+
+
+def _purge_command(command: Command) -> None:
+    """purge and run: plan, guards, plan files."""
+    purge = command("purge", "plan, then delete expired data (rows in batches, checkpointed)")
+    purge.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan only, in a read-only session; writes nothing, takes no lock",
+    )
+    purge.add_argument(
+        "--format",
+        choices=report.FORMATS,
+        help="table (default), json (the default for --output FILE.json: a plan file), markdown",
+    )
+    purge.add_argument("--output", type=Path, metavar="FILE", help="write the report to FILE")
+    purge.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask for confirmation (it is only asked on a terminal)",
+    )
+    _run_flags(purge)
     purge.set_defaults(handler=commands.purge)
+
+    run = command(
+        "run",
+        "the non-interactive one-shot for cron and Kubernetes: plan, guards, purge, sweep; "
+        "writes metrics when configured",
+    )
+    run.add_argument("--format", choices=report.FORMATS, default="json")
+    run.add_argument("--output", type=Path, metavar="FILE", help="write the report to FILE")
+    _run_flags(run)
+    run.set_defaults(handler=commands.run, dry_run=False, yes=True)
+
+    schedule = command(
+        "schedule",
+        "a foreground loop running 'run' on a cron expression (hosts without cron); serves "
+        "/metrics",
+    )
+    schedule.add_argument("--cron", metavar="EXPR", help="RETENTION_SCHEDULE, e.g. '0 3 * * *'")
+    schedule.add_argument("--time-zone", metavar="TZ", help="RETENTION_SCHEDULE_TZ (default UTC)")
+    schedule.add_argument(
+        "--jitter",
+        metavar="DURATION",
+        help="RETENTION_SCHEDULE_JITTER: random delay added to each start",
+    )
+    schedule.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="RETENTION_METRICS_PORT (default 9464; 0: do not serve)",
+    )
+    _run_flags(schedule)
+    schedule.set_defaults(
+        handler=commands.schedule, dry_run=False, yes=True, format="json", output=None
+    )
+
+    status = command("status", "last runs, runs in progress, backlog and lag; a health check")
+    status.add_argument("--format", choices=("table", "json"), default="table")
+    status.add_argument(
+        "--max-age",
+        metavar="DURATION",
+        help="unhealthy (exit 1) when the last success is older than this",
+    )
+    status.add_argument(
+        "--no-backlog",
+        action="store_true",
+        help="skip planning (no policies, no control plane needed)",
+    )
+    status.set_defaults(handler=commands.status)
 
 
 def _audit_commands(command: Command) -> None:
@@ -286,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    renamed = {"cron": "schedule", "time_zone": "schedule_tz", "jitter": "schedule_jitter"}
+    extra = {field: getattr(args, flag, None) for flag, field in renamed.items()}
     keys = (
         "database_url",
         "policy_dir",
@@ -305,19 +359,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         "max_run_rows",
         "max_run_bytes",
         "max_policy_shrink",
+        "metrics_port",
     )
-    return load_settings(**{k: getattr(args, k, None) for k in keys})
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper() if level.upper() in logging.getLevelNamesMapping() else "INFO",
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # alembic announces its context on every check; our own messages say what matters
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # we log requests ourselves
+    return load_settings(**{k: getattr(args, k, None) for k in keys}, **extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(os.environ.get("RETENTION_DEBUG"))
     try:
         settings = _settings(args)
-        _configure_logging(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format)
         handler: Callable[[argparse.Namespace, Settings], int] = args.handler
         return handler(args, settings)
     except RetentionError as error:

@@ -8,22 +8,28 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
-from . import demo, engine, maintenance, migrate, planfile, report
+from . import demo, engine, maintenance, metrics, migrate, planfile, report, scheduler
+from . import status as status_module
 from .db import make_engine, parse_database_url, translate_errors, use_wal
-from .errors import ExitCode, UsageError
+from .errors import ExitCode, RetentionError, UsageError
 from .models import ObjectType, Plan, RunReport, RunStatus, as_utc
+from .progress import TerminalProgress
 from .segments import RestoreFilter
-from .settings import Settings
+from .settings import Settings, parse_duration
 from .signals import stop_on_signals
 from .sources import control_plane_source
 from .state import RECEIPT_FIELDS
+
+log = logging.getLogger(__name__)
 
 RUN_EXIT = {
     RunStatus.SUCCEEDED: ExitCode.OK,
@@ -79,38 +85,166 @@ def _render(result: RunReport, fmt: str) -> str:
     return report.render(result, fmt)
 
 
-def purge(args: argparse.Namespace, settings: Settings) -> int:
-    _check_writable(args.output)
-    fmt = _format(args)
+def _deleting_run(
+    args: argparse.Namespace, settings: Settings, stop: Callable[[], bool], *, interactive: bool
+) -> tuple[int, RunReport | None]:
+    """One purge (or dry run) as the flags say: its exit code and report, metrics published.
+
+    Errors propagate after the metrics record the failed outcome.
+    """
+    started = time.monotonic()
     reviewed = planfile.read(args.plan) if args.plan is not None else None
-    # The handlers stay in place while the report is written: a signal then must not kill
-    # the process with a signal status after the run was recorded.
-    with stop_on_signals() as stop:
-        worker = engine.Worker.from_settings(settings, should_stop=stop)
-        if args.dry_run and reviewed is not None:
-            return _check_plan(worker, reviewed)
+    progress = TerminalProgress() if interactive and sys.stderr.isatty() else None
+    worker = engine.Worker.from_settings(settings, should_stop=stop, progress=progress)
+    result: RunReport | None = None
+    code = int(ExitCode.UNEXPECTED)
+    try:
         if args.dry_run:
             result = engine.plan(worker, purge_orphans=args.purge_orphans)
-        else:
-            confirm = None if args.yes or not sys.stdin.isatty() else _confirm()
-            result = engine.purge(
-                worker,
-                confirm=confirm,
-                allow_large_deletes=args.allow_large_deletes,
-                purge_orphans=args.purge_orphans,
-                plan_file=reviewed,
-            )
-        if not args.dry_run and result.status is None:
-            print("aborted; nothing deleted", file=sys.stderr)
-            return int(ExitCode.OK)
+            return 0, result
+        confirm = None if args.yes or not sys.stdin.isatty() else _confirm()
+        result = engine.purge(
+            worker,
+            confirm=confirm,
+            allow_large_deletes=args.allow_large_deletes,
+            purge_orphans=args.purge_orphans,
+            plan_file=reviewed,
+        )
         code = int(RUN_EXIT[result.status]) if result.status else 0
         if result.sweep is not None and result.sweep.failed:
             code = int(ExitCode.DATABASE)  # the store failed: index rows kept, next sweep retries
+        return code, result
+    except RetentionError as error:
+        code = int(error.exit_code)
+        raise
+    finally:
+        if not args.dry_run and (result is None or result.status is not None):
+            _publish(worker, result, code, time.monotonic() - started)
+
+
+def _publish(worker: engine.Worker, result: RunReport | None, code: int, seconds: float) -> None:
+    settings = worker.settings
+    if settings.metrics_textfile is None and settings.pushgateway_url is None:
+        return
+    last = None
+    if code != 0:
+        try:
+            last = engine.last_success(worker)
+        except RetentionError:
+            last = None
+    metrics.publish(
+        metrics.RunMetrics(
+            report=result,
+            exit_code=code,
+            duration_seconds=seconds,
+            finished=worker.clock(),
+            last_success=last,
+        ),
+        textfile=settings.metrics_textfile,
+        pushgateway=settings.pushgateway_url,
+    )
+
+
+def purge(args: argparse.Namespace, settings: Settings) -> int:
+    _check_writable(args.output)
+    fmt = _format(args)
+    # The handlers stay in place while the report is written: a signal then must not kill
+    # the process with a signal status after the run was recorded.
+    with stop_on_signals(settings.stop_timeout.total_seconds()) as stop:
+        if args.dry_run and args.plan is not None:
+            worker = engine.Worker.from_settings(settings, should_stop=stop)
+            return _check_plan(worker, planfile.read(args.plan))
+        code, result = _deleting_run(args, settings, stop, interactive=True)
+        assert result is not None
+        if not args.dry_run and result.status is None:
+            print("aborted; nothing deleted", file=sys.stderr)
+            return int(ExitCode.OK)
         try:
             _emit(_render(result, fmt), args.output)
         except BrokenPipeError:  # the work is done; its exit code still tells what happened
             silence_stdout()
         return code
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """The non-interactive one-shot: never prompts; a JSON report by default."""
+    return purge(args, settings)
+
+
+def schedule(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.schedule:
+        raise UsageError("no schedule: give --cron or RETENTION_SCHEDULE, e.g. '0 3 * * *'")
+    plan = scheduler.CronSchedule(
+        settings.schedule, time_zone=settings.schedule_tz, jitter=settings.schedule_jitter
+    )
+    registry = metrics.CollectorRegistry()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, registry)
+    with stop_on_signals(settings.stop_timeout.total_seconds()) as stop:
+
+        def once() -> int:
+            started = time.monotonic()
+            result: RunReport | None = None
+            try:
+                code, result = _deleting_run(args, settings, stop, interactive=False)
+            except RetentionError as error:
+                log.error("run failed: %s", error.message)
+                code = int(error.exit_code)
+            metrics.update(
+                registry,
+                metrics.RunMetrics(
+                    report=result,
+                    exit_code=code,
+                    duration_seconds=time.monotonic() - started,
+                    finished=engine.utc_now(),
+                    last_success=None,
+                ),
+            )
+            if result is not None:
+                sys.stdout.write(_render(result, "json"))
+                sys.stdout.flush()
+            return code
+
+        codes = scheduler.run_forever(
+            plan, once, clock=engine.utc_now, sleep=time.sleep, should_stop=stop
+        )
+    return int(ExitCode.PARTIAL) if stop() and codes and codes[-1] == ExitCode.PARTIAL else 0
+
+
+def status(args: argparse.Namespace, settings: Settings) -> int:
+    max_age = parse_duration(args.max_age) if args.max_age else None
+    found = status_module.collect(
+        engine.Worker.from_settings(settings), max_age=max_age, backlog=not args.no_backlog
+    )
+    doc = status_module.document(found)
+    if args.format == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        print(
+            f"healthy: {'yes' if found.healthy else 'NO'}; last success: "
+            f"{doc['last_success'] or 'never'}"
+        )
+        for problem in found.problems:
+            print(f"  problem: {problem}")
+        print("recent runs:")
+        for r in doc["runs"]:
+            print(
+                f"  {r['id']:>5} {r['mode']:<8} {r['status']:<10} started {r['started_at'][:19]}"
+                f" rows {r['rows']:,} segments {r['segments']:,}"
+                + (f" ({r['error']})" if r["error"] else "")
+            )
+        for run_id, checkpoints in doc["in_progress"].items():
+            print(f"run {run_id} in progress:")
+            for c in checkpoints:
+                print(f"  {c['target']} {c['phase']} rows {c['rows']:,} batches {c['batches']}")
+        if doc["backlog"] is not None:
+            print("backlog (expired, not yet deleted):")
+            for kind, b in doc["backlog"].items():
+                print(
+                    f"  {kind:<12} rows {b['rows']:,} segments {b['segments']:,} "
+                    f"oldest {b['lag_seconds']:,} s past its cutoff"
+                )
+    return 0 if found.healthy else int(ExitCode.UNEXPECTED)
 
 
 def _check_plan(worker: engine.Worker, reviewed: planfile.PlanFile) -> int:

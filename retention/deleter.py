@@ -19,8 +19,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from . import dataplane, segments, state
+from . import dataplane, logs, segments, state
 from .models import BatchResult, Hold, ObjectType, Phase, Target, TargetOutcome
+from .progress import ProgressSink
 from .state import Checkpoint
 from .tables import DataPlaneTables
 
@@ -37,6 +38,7 @@ class BatchContext:
     should_stop: Callable[[], bool]
     mark_segments: bool = True  # False without an object store: segments stay live
     holds: Callable[[], Sequence[Hold]] | None = None  # re-read before every batch
+    progress: ProgressSink | None = None
 
 
 def initial_checkpoint(target: Target, found: Checkpoint | None) -> Checkpoint:
@@ -103,6 +105,8 @@ def _rows_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -> Ch
     result: BatchResult = dataplane.delete_batch(
         ctx.conn, ctx.tables, target.resolution, checkpoint.cursor, ctx.batch_size
     )
+    if ctx.progress is not None:
+        ctx.progress.advance(result.rows)
     checkpoint = replace(
         checkpoint,
         phase=_after_rows(target, ctx) if result.rows < ctx.batch_size else Phase.ROWS,
@@ -157,6 +161,8 @@ def _registry_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -
     return checkpoint
 
 
+_ACTIONS = {Phase.ROWS: "delete", Phase.SEGMENTS: "mark", Phase.REGISTRY: "registry"}
+
 _STEPS = {
     Phase.ROWS: _rows_batch,
     Phase.SEGMENTS: _segments_batch,
@@ -201,6 +207,7 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
                     replace(checkpoint, phase=Phase.DONE),
                     f"held during the run: {hold.reason}",
                 )
+        logs.set_action(_ACTIONS[checkpoint.phase])
         with ctx.conn.begin():
             checkpoint = _STEPS[checkpoint.phase](ctx, target, checkpoint)
     log.info(

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from . import migrate, planfile, report, state
+from . import logs, migrate, planfile, report, state
 from .db import make_engine, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
 from .errors import GuardError
@@ -49,7 +49,7 @@ from .runs import (
     run_status,
     run_warnings,
 )
-from .state import Checkpoint
+from .state import Checkpoint, RunRecord
 from .sweeper import SweepContext, sweep
 from .worker import Worker, utc_now
 
@@ -195,49 +195,15 @@ def _locked_purge(
         first_run = state.successful_runs(conn) == 0
         previous = state.last_success_days(conn)
     reviewed = options.plan_file
-    if reviewed is not None:
-        planfile.check_age(reviewed, worker.clock(), settings.plan_max_age)
-        if resumed is not None and resumed.pinned_now != reviewed.now:
-            raise GuardError(
-                f"run {resumed.id} is unfinished (pinned now {resumed.pinned_now.isoformat()}); "
-                "finish it with 'retention purge' before applying a plan; nothing deleted"
-            )
-        now = reviewed.now
-    elif resumed is not None:
-        now = resumed.pinned_now
-    if resumed is not None:
-        log.warning(
-            "resuming run %d (%s) with its pinned now %s",
-            resumed.id,
-            resumed.status,
-            resumed.pinned_now.isoformat(),
-        )
+    now = _pinned_now(worker, now, resumed, reviewed)
+    logs.set_action("plan")
     the_plan = _plan(conn, worker, policy_sets, now, options.purge_orphans)
     plan_done = time.monotonic()
     document = report.plan_document(the_plan)
-    notes: list[str] = []
-    if reviewed is not None:
-        problems = planfile.drift(reviewed, document)
-        if problems:
-            shown = "; ".join(problems[:5]) + (
-                f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-            )
-            raise GuardError(f"the plan {reviewed.path} drifted, nothing deleted: {shown}")
-        notes = planfile.shortfall(reviewed, the_plan.targets)
+    notes = _check_review(reviewed, document, the_plan)
     guarded = guard(
         the_plan.targets,
-        GuardSettings(
-            max_delete_fraction=settings.max_delete_fraction,
-            max_rows=settings.max_delete_rows,
-            max_bytes=settings.max_delete_bytes,
-            max_run_rows=settings.max_run_rows,
-            max_run_bytes=settings.max_run_bytes,
-            max_policy_shrink=settings.max_policy_shrink,
-            previous_days=previous,
-            first_run=first_run,
-            # a reviewed plan file is the review the guards ask for
-            allow_large_deletes=options.allow_large_deletes or reviewed is not None,
-        ),
+        _guard_settings(worker, options, first_run=first_run, previous=previous),
     )
     if options.confirm is not None and not options.confirm(the_plan):
         return RunReport(plan=the_plan, dry_run=True, warnings=("aborted by the operator",))
@@ -250,11 +216,7 @@ def _locked_purge(
         plan=document,
         plan_hash=reviewed.hash if reviewed is not None else None,
     )
-    budget = settings.max_runtime
-
-    def should_stop() -> bool:
-        over = budget is not None and time.monotonic() - started > budget.total_seconds()
-        return over or worker.should_stop()
+    should_stop = _StopCheck(worker, started)
 
     ctx = BatchContext(
         conn=conn,
@@ -265,14 +227,20 @@ def _locked_purge(
         should_stop=should_stop,
         mark_segments=store is not None,
         holds=worker.hold_watcher(),
+        progress=worker.progress,
     )
+    if worker.progress is not None:
+        worker.progress.start(sum(t.counts.rows for t in the_plan.targets if t.key not in guarded))
     outcomes: list[TargetOutcome] = []
     swept: SweepOutcome | None = None
+    logs.set_run(run_id)
     try:
+        logs.set_action("delete")
         for target in the_plan.targets:
             outcomes.append(_purge_or_skip(ctx, target, checkpoints.get(target.key), guarded))
         deleted = time.monotonic()
         if store is not None and all(o.phase is Phase.DONE for o in outcomes):
+            logs.set_action("sweep")
             swept = sweep(
                 SweepContext(
                     conn=conn,
@@ -288,11 +256,19 @@ def _locked_purge(
     except BaseException as error:
         finish(conn, worker.clock, run_id, RunStatus.FAILED, error=error_text(error))
         raise
+    finally:
+        if worker.progress is not None:
+            worker.progress.stop()
     warnings = notes + run_warnings(
         the_plan, run_id, checkpoints, guarded, swept, store is not None
     )
     status = run_status(outcomes, guarded, swept)
-    finish(conn, worker.clock, run_id, status)
+    reason = (should_stop.reason or None) if status is RunStatus.PARTIAL else None
+    if reason:
+        warnings.append(f"run {run_id} {reason}: it resumes at the next run")
+    finish(conn, worker.clock, run_id, status, error=reason)
+    logs.set_action("report")
+    log.info("run %d %s", run_id, status.value)
     return RunReport(
         plan=the_plan,
         dry_run=False,
@@ -307,6 +283,78 @@ def _locked_purge(
             "sweep": round(time.monotonic() - deleted, 3),
         },
         sweep=swept,
+    )
+
+
+class _StopCheck:
+    """Between batches: the time budget spent, or a signal; remembers which."""
+
+    def __init__(self, worker: Worker, started: float) -> None:
+        self.worker = worker
+        self.started = started
+        self.reason = ""
+
+    def __call__(self) -> bool:
+        budget = self.worker.settings.max_runtime
+        if budget is not None and time.monotonic() - self.started > budget.total_seconds():
+            self.reason = "the time budget (RETENTION_MAX_RUNTIME) was spent"
+        elif self.worker.should_stop():
+            self.reason = "stopped by a signal"
+        return bool(self.reason)
+
+
+def _pinned_now(
+    worker: Worker, now: datetime, resumed: RunRecord | None, reviewed: PlanFile | None
+) -> datetime:
+    """A reviewed plan's now, else a resumed run's, else ``now``."""
+    if reviewed is not None:
+        planfile.check_age(reviewed, worker.clock(), worker.settings.plan_max_age)
+        if resumed is not None and resumed.pinned_now != reviewed.now:
+            raise GuardError(
+                f"run {resumed.id} is unfinished (pinned now {resumed.pinned_now.isoformat()}); "
+                "finish it with 'retention purge' before applying a plan; nothing deleted"
+            )
+        now = reviewed.now
+    elif resumed is not None:
+        now = resumed.pinned_now
+    if resumed is not None:
+        log.warning(
+            "resuming run %d (%s) with its pinned now %s",
+            resumed.id,
+            resumed.status,
+            resumed.pinned_now.isoformat(),
+        )
+    return now
+
+
+def _check_review(reviewed: PlanFile | None, document: dict[str, Any], the_plan: Plan) -> list[str]:
+    """Refuse a drifted plan (exit 6); notes on targets with fewer rows than reviewed."""
+    if reviewed is None:
+        return []
+    problems = planfile.drift(reviewed, document)
+    if problems:
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        raise GuardError(f"the plan {reviewed.path} drifted, nothing deleted: {shown}")
+    return planfile.shortfall(reviewed, the_plan.targets)
+
+
+def _guard_settings(
+    worker: Worker, options: RunOptions, *, first_run: bool, previous: dict[str, float]
+) -> GuardSettings:
+    settings = worker.settings
+    return GuardSettings(
+        max_delete_fraction=settings.max_delete_fraction,
+        max_rows=settings.max_delete_rows,
+        max_bytes=settings.max_delete_bytes,
+        max_run_rows=settings.max_run_rows,
+        max_run_bytes=settings.max_run_bytes,
+        max_policy_shrink=settings.max_policy_shrink,
+        previous_days=previous,
+        first_run=first_run,
+        # a reviewed plan file is the review the guards ask for
+        allow_large_deletes=options.allow_large_deletes or options.plan_file is not None,
     )
 
 
@@ -344,5 +392,17 @@ def receipts(worker: Worker, **filters: Any) -> list[dict[str, Any]]:
             with engine.connect() as conn, snapshot(conn):
                 migrate.require_current(conn)
                 return state.list_receipts(conn, **filters)
+        finally:
+            engine.dispose()
+
+
+def last_success(worker: Worker) -> datetime | None:
+    """When the last successful purge ended (read-only)."""
+    database = worker.database
+    with translate_errors(database):
+        engine = make_engine(database, read_only=True)
+        try:
+            with engine.connect() as conn, snapshot(conn):
+                return state.last_success_time(conn)
         finally:
             engine.dispose()

@@ -220,6 +220,26 @@ class Settings(BaseSettings):
         validation_alias=_env("OUTBOUND_RATE_LIMIT_WINDOW_MINUTES"),
     )
     audit: bool = Field(default=False, validation_alias=_env("RETENTION_AUDIT"))
+    log_format: str = Field(
+        default="auto", pattern="^(auto|json|text)$", validation_alias=_env("RETENTION_LOG_FORMAT")
+    )
+    stop_timeout: Duration = Field(
+        default=timedelta(seconds=10), validation_alias=_env("RETENTION_STOP_TIMEOUT")
+    )
+    metrics_textfile: Path | None = Field(
+        default=None, validation_alias=_env("RETENTION_METRICS_TEXTFILE")
+    )
+    pushgateway_url: str | None = Field(
+        default=None, validation_alias=_env("RETENTION_PUSHGATEWAY_URL")
+    )
+    metrics_port: int = Field(
+        default=9464, ge=0, le=65535, validation_alias=_env("RETENTION_METRICS_PORT")
+    )
+    schedule: str | None = Field(default=None, validation_alias=_env("RETENTION_SCHEDULE"))
+    schedule_tz: str = Field(default="UTC", validation_alias=_env("RETENTION_SCHEDULE_TZ"))
+    schedule_jitter: Duration = Field(
+        default=timedelta(0), validation_alias=_env("RETENTION_SCHEDULE_JITTER")
+    )
     log_level: str = Field(default="INFO", validation_alias=_env("RETENTION_LOG_LEVEL"))
 
     @field_validator("now")

@@ -1,8 +1,10 @@
 """SIGTERM and SIGINT: finish the batch in flight, record the run as partial, exit 5.
 
 The first signal sets a flag that the engine reads between batches (a batch is one short
-transaction). A second signal exits at once; the database rolls back the open batch, and
-the next run resumes from the last checkpoint.
+transaction) and arms a timer: if the process has not stopped within the bound (default
+10 s, inside Kubernetes' 30 s grace), it exits at once. A second signal exits at once too.
+Either way the database rolls back the open batch, and the next run resumes from the last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -22,8 +25,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopFlag:
-    def __init__(self) -> None:
+    def __init__(self, bound: float | None = None) -> None:
         self.signal: int | None = None
+        self.bound = bound
 
     def __call__(self) -> bool:
         return self.signal is not None
@@ -36,11 +40,24 @@ class StopFlag:
             "%s received: stopping after the batch in flight (again to stop at once)",
             signal.Signals(signum).name,
         )
+        if self.bound is not None:
+            timer = threading.Timer(self.bound, _give_up, args=(self.bound,))
+            timer.daemon = True
+            timer.start()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else ""
+
+
+def _give_up(bound: float) -> None:
+    log.error("not stopped within %.0fs of the signal: exiting now; the batch rolls back", bound)
+    os._exit(int(ExitCode.PARTIAL))
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[StopFlag]:
-    flag = StopFlag()
+def stop_on_signals(bound: float | None = None) -> Iterator[StopFlag]:
+    flag = StopFlag(bound)
     previous = {s: signal.signal(s, flag._handle) for s in SIGNALS}
     try:
         yield flag

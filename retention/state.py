@@ -464,3 +464,53 @@ def list_receipts(
             item[key] = item[key].isoformat() if item[key] is not None else None
         found.append(item)
     return found
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    id: int
+    mode: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    pinned_now: datetime
+    rows: int
+    segments: int
+    bytes: int
+    resumed: int
+    error: str | None
+
+
+def recent_runs(conn: Connection, limit: int = 10) -> list[RunSummary]:
+    rows = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all()
+    return [
+        RunSummary(
+            id=int(r.id),
+            mode=r.mode,
+            status=r.status,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            pinned_now=r.pinned_now,
+            rows=int(r.rows),
+            segments=int(r.segments),
+            bytes=int(r.bytes),
+            resumed=int(r.resumed),
+            error=r.error,
+        )
+        for r in rows
+    ]
+
+
+def last_success_time(conn: Connection) -> datetime | None:
+    value: datetime | None = conn.execute(
+        select(func.max(runs.c.finished_at)).where(
+            runs.c.status == RunStatus.SUCCEEDED.value, runs.c.mode.in_(PURGE_MODES)
+        )
+    ).scalar()
+    return value
+
+
+def last_purge(conn: Connection) -> RunSummary | None:
+    """The latest purge-mode run, whatever its status."""
+    found = [r for r in recent_runs(conn, 50) if r.mode in PURGE_MODES]
+    return found[0] if found else None

@@ -10,6 +10,7 @@ from .db import Database, parse_database_url
 from .errors import UsageError
 from .models import Hold, PolicySet
 from .policyfiles import HoldWatcher
+from .progress import ProgressSink
 from .settings import Settings
 from .sources import LocalPolicySource, PolicySource, control_plane_source
 from .tables import DataPlaneTables, build_tables
@@ -30,6 +31,7 @@ class Worker:
     sources: Sequence[PolicySource]
     clock: Callable[[], datetime] = utc_now
     should_stop: Callable[[], bool] = field(default=lambda: False)
+    progress: ProgressSink | None = None  # a progress bar on a terminal
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: object) -> Worker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import venv
@@ -65,3 +66,26 @@ def test_wheel_installs_and_migrates_outside_the_source_tree(tmp_path: Path) -> 
     demo = retention("--state-dir", str(tmp_path / "state"), "demo", "--events", "3000")
     assert demo.returncode == 0, demo.stderr
     assert "Retention purge: run 1 succeeded" in demo.stdout
+    # a dry run from the installed wheel alone, against the demo's data plane
+    state = tmp_path / "state"
+    dry = subprocess.run(
+        [
+            command,
+            "--database-url",
+            f"sqlite:///{state / 'demo.sqlite3'}",
+            "--policy-dir",
+            str(state / "demo-policies"),
+            "purge",
+            "--dry-run",
+            "--format",
+            "json",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["dry_run"] is True

@@ -1,0 +1,143 @@
+"""``retention status``: last runs, runs in progress with their checkpoints, the backlog and
+lag past cutoff per object type, and a health verdict for probes and alerts.
+
+Unhealthy (exit 1) when the last purge failed, or the last success is older than
+``--max-age`` (or there never was one).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import engine, migrate, state
+from .db import make_engine, snapshot, translate_errors
+from .models import OBJECT_TYPES, RunStatus
+from .state import Checkpoint, RunSummary
+from .worker import Worker
+
+
+@dataclass
+class Backlog:
+    rows: int = 0
+    segments: int = 0
+    lag_seconds: float = 0.0  # how far past its cutoff the oldest expired row is
+
+
+@dataclass
+class StatusReport:
+    clock: datetime
+    runs: list[RunSummary]
+    in_progress: dict[int, list[Checkpoint]]
+    last_success: datetime | None
+    backlog: dict[str, Backlog] | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+def collect(worker: Worker, *, max_age: timedelta | None, backlog: bool = True) -> StatusReport:
+    database = worker.database
+    clock = worker.clock()
+    with translate_errors(database):
+        db_engine = make_engine(database, read_only=True)
+        try:
+            with db_engine.connect() as conn, snapshot(conn):
+                migrate.require_current(conn)
+                runs = state.recent_runs(conn)
+                last = state.last_purge(conn)
+                last_success = state.last_success_time(conn)
+                in_progress = {
+                    r.id: sorted(
+                        state.load_checkpoints(conn, r.id).values(), key=lambda c: c.target
+                    )
+                    for r in runs
+                    if r.status == RunStatus.RUNNING.value
+                }
+        finally:
+            db_engine.dispose()
+    report = StatusReport(
+        clock=clock,
+        runs=runs,
+        in_progress=in_progress,
+        last_success=last_success,
+        backlog=_backlog(worker) if backlog else None,
+    )
+    if last is not None and last.status == RunStatus.FAILED.value:
+        report.problems.append(f"the last run ({last.id}) failed: {last.error or 'no error'}")
+    if max_age is not None:
+        if last_success is None:
+            report.problems.append("no successful run yet")
+        elif clock - last_success > max_age:
+            hours = (clock - last_success).total_seconds() / 3600
+            report.problems.append(
+                f"the last success was {hours:.1f} h ago, more than --max-age "
+                f"({max_age.total_seconds() / 3600:g} h)"
+            )
+    return report
+
+
+def _backlog(worker: Worker) -> dict[str, Backlog]:
+    plan = engine.plan(worker).plan
+    found: dict[str, Backlog] = defaultdict(Backlog)
+    for kind in OBJECT_TYPES:
+        found[kind.value]
+    for target in plan.targets:
+        item = found[target.object_type.value]
+        item.rows += target.counts.rows
+        item.segments += target.counts.segments
+        cutoff, oldest = target.resolution.cutoff, target.counts.oldest_row
+        if target.counts.rows and cutoff is not None and oldest is not None and oldest < cutoff:
+            item.lag_seconds = max(item.lag_seconds, (cutoff - oldest).total_seconds())
+    return dict(found)
+
+
+def document(report: StatusReport) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "healthy": report.healthy,
+        "problems": report.problems,
+        "last_success": iso(report.last_success),
+        "runs": [
+            {
+                "id": r.id,
+                "mode": r.mode,
+                "status": r.status,
+                "started_at": iso(r.started_at),
+                "finished_at": iso(r.finished_at),
+                "pinned_now": iso(r.pinned_now),
+                "rows": r.rows,
+                "segments": r.segments,
+                "bytes": r.bytes,
+                "resumed": r.resumed,
+                "error": r.error,
+            }
+            for r in report.runs
+        ],
+        "in_progress": {
+            str(run_id): [
+                {
+                    "target": c.target,
+                    "phase": c.phase.value,
+                    "rows": c.rows,
+                    "objects": c.objects,
+                    "segments": c.segments,
+                    "batches": c.batches,
+                }
+                for c in checkpoints
+            ]
+            for run_id, checkpoints in report.in_progress.items()
+        },
+        "backlog": None
+        if report.backlog is None
+        else {
+            kind: {"rows": b.rows, "segments": b.segments, "lag_seconds": round(b.lag_seconds)}
+            for kind, b in report.backlog.items()
+        },
+    }
