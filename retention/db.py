@@ -13,7 +13,7 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from .errors import DatabaseError, UsageError
+from .errors import DatabaseError, DatabaseUnavailable, UsageError
 
 SNAPSHOT_OPTION = "retention_snapshot"
 SUPPORTED_URLS = "postgresql://, postgres://, postgresql+psycopg://, sqlite:///PATH"
@@ -176,6 +176,20 @@ def snapshot(conn: Connection) -> Iterator[Connection]:
         conn.execution_options(**{SNAPSHOT_OPTION: False})
 
 
+def server_now(conn: Connection) -> datetime:
+    """The database server's clock (UTC); leaves no transaction open that it began."""
+    began = not conn.in_transaction()
+    if conn.dialect.name == "postgresql":
+        value = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+        found: datetime = value.astimezone(UTC)
+    else:
+        text = conn.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar_one()
+        found = datetime.fromisoformat(str(text)).replace(tzinfo=UTC)
+    if began:
+        conn.commit()
+    return found
+
+
 def _first_line(error: BaseException) -> str:
     original = getattr(error, "orig", None) or error
     text = str(original).strip().splitlines()
@@ -202,6 +216,41 @@ def translate_errors(database: Database) -> Iterator[None]:
             raise DatabaseError(
                 f"database {database.display} is busy (another writer or a long reader): {line}"
             ) from error
+        if connection_lost(error):
+            raise DatabaseUnavailable(
+                f"database unavailable ({database.display}): {line}"
+            ) from error
         if isinstance(error, exc.OperationalError | exc.InterfaceError):
             raise DatabaseError(f"database unavailable ({database.display}): {line}") from error
         raise DatabaseError(f"database error ({database.display}): {line}") from error
+
+
+# SQLSTATEs of a lost or refused connection: class 08, and the server shutting down.
+_LOST = ("08", "57P01", "57P02", "57P03")
+# A batch that waited too long: lock_timeout (55P03) or statement_timeout (57014).
+_TIMEOUTS = ("55P03", "57014")
+
+
+def _sqlstate(error: BaseException) -> str:
+    original = getattr(error, "orig", None)
+    return str(getattr(original, "sqlstate", None) or "")
+
+
+def connection_lost(error: BaseException) -> bool:
+    """The connection is gone (or never came): the run may reconnect and resume."""
+    if getattr(error, "connection_invalidated", False):
+        return True
+    state = _sqlstate(error)
+    if state:
+        return state.startswith(_LOST)
+    # no SQLSTATE: a failure to connect at all (refused, unreachable, timed out)
+    return isinstance(error, exc.OperationalError | exc.InterfaceError) and "sqlite" not in (
+        type(getattr(error, "orig", error)).__module__
+    )
+
+
+def timed_out(error: BaseException) -> bool:
+    """A statement gave up waiting: lock_timeout, statement_timeout, or a busy SQLite."""
+    if _sqlstate(error) in _TIMEOUTS:
+        return True
+    return isinstance(error, exc.OperationalError) and "database is locked" in _first_line(error)

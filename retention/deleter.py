@@ -12,14 +12,17 @@ are all gone), so an interrupted run never leaves rows of an unregistered experi
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from . import dataplane, logs, segments, state
+from .db import timed_out
 from .models import BatchResult, Hold, ObjectType, Phase, Target, TargetOutcome
 from .progress import ProgressSink
 from .state import Checkpoint
@@ -39,6 +42,8 @@ class BatchContext:
     mark_segments: bool = True  # False without an object store: segments stay live
     holds: Callable[[], Sequence[Hold]] | None = None  # re-read before every batch
     progress: ProgressSink | None = None
+    lock_retries: int = 5  # consecutive lock or statement timeouts before giving up a target
+    sleep: Callable[[float], None] = time.sleep
 
 
 def initial_checkpoint(target: Target, found: Checkpoint | None) -> Checkpoint:
@@ -195,9 +200,11 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
     checkpoint = initial_checkpoint(target, found)
     if checkpoint.phase is Phase.SEGMENTS and not ctx.mark_segments:
         checkpoint = replace(checkpoint, phase=_after_segments(target))
+    step = ctx
+    waits = streak = 0
     while checkpoint.phase is not Phase.DONE:
         if ctx.should_stop():
-            return _outcome(target, checkpoint, "stopped")
+            return _outcome(target, checkpoint, "stopped", waits)
         if ctx.holds is not None:  # a hold added during the run stops the next batch
             target, hold = apply_new_holds(target, ctx.holds())
             if hold is not None:
@@ -206,10 +213,38 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
                     target,
                     replace(checkpoint, phase=Phase.DONE),
                     f"held during the run: {hold.reason}",
+                    waits,
                 )
         logs.set_action(_ACTIONS[checkpoint.phase])
-        with ctx.conn.begin():
-            checkpoint = _STEPS[checkpoint.phase](ctx, target, checkpoint)
+        try:
+            with step.conn.begin():
+                checkpoint = _STEPS[checkpoint.phase](step, target, checkpoint)
+            streak = 0
+        except DBAPIError as error:
+            if not timed_out(error):
+                raise
+            # Rows locked by another transaction (lock_timeout) or a batch too slow
+            # (statement_timeout): the batch rolled back; wait, then try a smaller one.
+            waits += 1
+            streak += 1
+            if streak > ctx.lock_retries:
+                log.error("target=%s: gave up after %d lock waits", target.key, waits)
+                return _outcome(
+                    target,
+                    checkpoint,
+                    f"gave up after {waits} lock waits (rows held by another transaction); "
+                    "the next run resumes",
+                    waits,
+                )
+            step = replace(step, batch_size=max(1, step.batch_size // 2))
+            pause = min(0.1 * 2**streak, 5.0)
+            log.warning(
+                "target=%s: lock or statement timeout; retrying in %.1fs with batches of %d",
+                target.key,
+                pause,
+                step.batch_size,
+            )
+            ctx.sleep(pause)
     log.info(
         "target=%s deleted rows=%d objects=%d marked segments=%d batches=%d",
         target.key,
@@ -218,10 +253,12 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
         checkpoint.segments,
         checkpoint.batches,
     )
-    return _outcome(target, checkpoint)
+    return _outcome(target, checkpoint, "", waits)
 
 
-def _outcome(target: Target, checkpoint: Checkpoint, note: str = "") -> TargetOutcome:
+def _outcome(
+    target: Target, checkpoint: Checkpoint, note: str = "", lock_waits: int = 0
+) -> TargetOutcome:
     return TargetOutcome(
         target=target,
         rows=checkpoint.rows,
@@ -231,4 +268,5 @@ def _outcome(target: Target, checkpoint: Checkpoint, note: str = "") -> TargetOu
         note=note,
         segments=checkpoint.segments,
         bytes=checkpoint.bytes,
+        lock_waits=lock_waits,
     )

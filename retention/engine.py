@@ -14,16 +14,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
 from . import logs, migrate, planfile, report, state
-from .db import make_engine, snapshot, translate_errors
+from .db import make_engine, server_now, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
-from .errors import GuardError
+from .errors import DatabaseUnavailable, GuardError
 from .guards import GuardSettings, guard
 from .models import (
     Phase,
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 def explain(worker: Worker) -> Resolved:
     """Resolve policies for every known project, reading the data plane read-only."""
     policy_sets = worker.load_policies()
-    now = worker.pinned_now()
     database = worker.database
     tables = worker.tables
     with translate_errors(database):
@@ -70,6 +69,7 @@ def explain(worker: Worker) -> Resolved:
             with engine.connect() as conn:
                 check_data_plane(conn, tables, ALL_TABLES)
                 with snapshot(conn):
+                    now = worker.pinned_now(server_now(conn))
                     resolved, _ = resolve_for_data_plane(
                         conn,
                         tables,
@@ -109,7 +109,6 @@ def plan(worker: Worker, *, purge_orphans: bool = False, now: datetime | None = 
     """
     started = time.monotonic()
     policy_sets = worker.load_policies()
-    now = now or worker.pinned_now()
     database = worker.database
     warnings: list[str] = []
     with translate_errors(database):
@@ -117,7 +116,11 @@ def plan(worker: Worker, *, purge_orphans: bool = False, now: datetime | None = 
         try:
             with engine.connect() as conn:
                 check_data_plane(conn, worker.tables, ALL_TABLES)
-                the_plan = _plan(conn, worker, policy_sets, now, purge_orphans)
+                clocks = (worker.clock(), server_now(conn))
+                now = now or worker.pinned_now(clocks[1])
+                the_plan = replace(
+                    _plan(conn, worker, policy_sets, now, purge_orphans), clocks=clocks
+                )
                 warnings.extend(_pending_warning(conn, worker))
         finally:
             engine.dispose()
@@ -163,33 +166,52 @@ def purge(
     purge_orphans: bool = False,
     plan_file: PlanFile | None = None,
 ) -> RunReport:
-    """Plan and delete under the run lock; resume an interrupted run first."""
+    """Plan and delete under the run lock; resume an interrupted run first.
+
+    A lost or refused database connection (a restart, a terminated session) is retried with
+    backoff for up to RETENTION_RECONNECT_TIMEOUT: the new session takes the lock again and
+    resumes the run from its last checkpoint. After that it is exit 4.
+    """
     policy_sets = worker.load_policies()
-    now = worker.pinned_now()
-    with locked(worker) as conn:
-        store = open_store(worker.settings)
-        if store is not None:
-            store.check()  # unreachable or misconfigured: exit 4, nothing touched
-        options = RunOptions(
-            mode=mode,
-            confirm=confirm,
-            allow_large_deletes=allow_large_deletes,
-            purge_orphans=purge_orphans or (plan_file is not None and plan_file.orphans),
-            plan_file=plan_file,
-        )
-        return _locked_purge(conn, worker, policy_sets, now, options, store)
+    worker.pinned_now()  # a pinned now in the future is refused before anything else
+    options = RunOptions(
+        mode=mode,
+        confirm=confirm,
+        allow_large_deletes=allow_large_deletes,
+        purge_orphans=purge_orphans or (plan_file is not None and plan_file.orphans),
+        plan_file=plan_file,
+    )
+    deadline = time.monotonic() + worker.settings.reconnect_timeout.total_seconds()
+    pause = 0.5
+    while True:
+        try:
+            with locked(worker) as conn:
+                store = open_store(worker.settings)
+                if store is not None:
+                    store.check()  # unreachable or misconfigured: exit 4, nothing touched
+                return _locked_purge(conn, worker, policy_sets, options, store)
+        except DatabaseUnavailable as error:
+            left = deadline - time.monotonic()
+            if left <= 0 or worker.should_stop():
+                raise
+            wait = min(pause, left)
+            log.warning("%s; reconnecting in %.1fs to resume the run", error.message, wait)
+            time.sleep(wait)
+            pause = min(pause * 2, 10.0)
+            options = replace(options, confirm=None)  # the operator confirmed already
 
 
 def _locked_purge(
     conn: Connection,
     worker: Worker,
     policy_sets: Sequence[PolicySet],
-    now: datetime,
     options: RunOptions,
     store: ObjectStore | None,
 ) -> RunReport:
     settings = worker.settings
     started = time.monotonic()
+    clocks = (worker.clock(), server_now(conn))
+    now = worker.pinned_now(clocks[1])
     with conn.begin():
         resumed = state.resumable_run(conn, clock=worker.clock(), max_age=settings.resume_max_age)
         first_run = state.successful_runs(conn) == 0
@@ -197,7 +219,7 @@ def _locked_purge(
     reviewed = options.plan_file
     now = _pinned_now(worker, now, resumed, reviewed)
     logs.set_action("plan")
-    the_plan = _plan(conn, worker, policy_sets, now, options.purge_orphans)
+    the_plan = replace(_plan(conn, worker, policy_sets, now, options.purge_orphans), clocks=clocks)
     plan_done = time.monotonic()
     document = report.plan_document(the_plan)
     notes = _check_review(reviewed, document, the_plan)
@@ -228,6 +250,7 @@ def _locked_purge(
         mark_segments=store is not None,
         holds=worker.hold_watcher(),
         progress=worker.progress,
+        lock_retries=settings.lock_retries,
     )
     if worker.progress is not None:
         worker.progress.start(sum(t.counts.rows for t in the_plan.targets if t.key not in guarded))

@@ -5,7 +5,8 @@
     │   ├── PolicyError            2  a policy file is invalid (names file and key)
     │   └── SchemaError            2  a table or column the worker needs is missing
     ├── ControlPlaneError          3  policies could not be read completely; nothing deleted
-    ├── DatabaseError              4  the database is unreachable or failed
+    ├── DatabaseError              4  the database failed
+    │   └── DatabaseUnavailable    4  unreachable, or the connection was lost (retryable)
     ├── ObjectStoreError           4  the object store is unreachable or misconfigured
     ├── GuardError                 6  a safety guard refused the whole run
     └── LockedError                7  another run holds the lock
@@ -70,6 +71,10 @@ class DatabaseError(RetentionError):
     """The database is unavailable."""
 
     exit_code = ExitCode.DATABASE
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database is unreachable or the connection was lost."""
 
 
 class ObjectStoreError(RetentionError):

@@ -265,6 +265,7 @@ class Plan:
     orphans: tuple[Orphan, ...] = ()
     warnings: tuple[str, ...] = ()
     unused_segments: UnusedSegments = field(default_factory=UnusedSegments)
+    clocks: tuple[datetime, datetime] | None = None  # (local, database) when planned
 
     def target(self, project_id: UUID, object_type: ObjectType) -> Target | None:
         for target in self.targets:
@@ -302,9 +303,10 @@ class TargetOutcome:
     batches: int = 0
     phase: Phase = Phase.ROWS
     note: str = ""
-    guard: str = ""
+    guard: str = ""  # why a safety guard held the target back ("" when none did)
     segments: int = 0  # segments marked unused
-    bytes: int = 0  # why a safety guard held the target back ("" when none did)
+    bytes: int = 0
+    lock_waits: int = 0  # batches that timed out waiting for row locks and were retried
 
 
 @dataclass

@@ -64,6 +64,7 @@ def target_document(target: Target, outcome: TargetOutcome | None = None) -> dic
             phase=outcome.phase.value,
             note=outcome.note,
             guard=outcome.guard or None,
+            lock_waits=outcome.lock_waits,
         )
     return doc
 
@@ -101,6 +102,9 @@ def report_document(report: RunReport) -> dict[str, Any]:
         "warnings": list(report.warnings),
         "timings": dict(report.timings),
     }
+    if report.plan.clocks is not None:
+        local, database = report.plan.clocks
+        doc["clock"] = {"local": local.isoformat(), "database": database.isoformat()}
     if report.sweep is not None:
         doc["sweep"] = {
             "files": report.sweep.files,

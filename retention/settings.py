@@ -132,6 +132,15 @@ class Settings(BaseSettings):
     plan_max_age: Duration = Field(
         default=timedelta(hours=24), validation_alias=_env("RETENTION_PLAN_MAX_AGE")
     )
+    reconnect_timeout: Duration = Field(
+        default=timedelta(seconds=60), validation_alias=_env("RETENTION_RECONNECT_TIMEOUT")
+    )
+    max_clock_skew: Duration = Field(
+        default=timedelta(minutes=5), validation_alias=_env("RETENTION_MAX_CLOCK_SKEW")
+    )
+    lock_retries: int = Field(
+        default=5, ge=0, le=100, validation_alias=_env("RETENTION_LOCK_RETRIES")
+    )
     lock_timeout: Duration = Field(
         default=timedelta(seconds=30), validation_alias=_env("RETENTION_LOCK_TIMEOUT")
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,8 @@ from .progress import ProgressSink
 from .settings import Settings
 from .sources import LocalPolicySource, PolicySource, control_plane_source
 from .tables import DataPlaneTables, build_tables
+
+log = logging.getLogger(__name__)
 
 # A pinned `now` may lead the local clock by this much at most (clock skew between hosts).
 MAX_NOW_LEAD = timedelta(minutes=1)
@@ -58,8 +61,21 @@ class Worker:
             columns=s.table_columns,
         )
 
-    def pinned_now(self) -> datetime:
+    def pinned_now(self, server: datetime | None = None) -> datetime:
+        """RETENTION_NOW, or the clock; never in the future.
+
+        With ``server`` (the database's clock): when the two clocks disagree by more than
+        RETENTION_MAX_CLOCK_SKEW, the earlier one is used, so a host clock set a year ahead
+        (or a database's) never deletes a year of data.
+        """
         clock = self.clock()
+        if server is not None and abs(clock - server) > self.settings.max_clock_skew:
+            log.warning(
+                "clocks disagree: local %s, database %s; using the earlier",
+                clock.isoformat(),
+                server.isoformat(),
+            )
+            clock = min(clock, server)
         now = self.settings.now or clock
         if now > clock + MAX_NOW_LEAD:
             raise UsageError(

@@ -267,12 +267,27 @@ def test_unreachable_database_is_exit_4(tmp_path: Path) -> None:
     env = clean_env(
         RETENTION_DATABASE_URL=f"postgresql://u:hunter2@127.0.0.1:{free_port()}/x",
         RETENTION_POLICY_DIR=str(tmp_path),
+        RETENTION_RECONNECT_TIMEOUT="0",
     )
     for args in (("purge", "--yes"), ("purge", "--dry-run"), ("db", "check")):
         result = run(*args, env=env)
         assert result.code == 4, (args, result.stderr)
         assert "database unavailable" in result.stderr and "hunter2" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_purge_keeps_reconnecting_for_the_configured_time(tmp_path: Path) -> None:
+    env = clean_env(
+        RETENTION_DATABASE_URL=f"postgresql://u@127.0.0.1:{free_port()}/x",
+        RETENTION_POLICY_DIR=str(tmp_path),
+        RETENTION_RECONNECT_TIMEOUT="3s",
+        RETENTION_LOG_FORMAT="text",
+    )
+    started = time.monotonic()
+    result = run("purge", "--yes", env=env)
+    assert result.code == 4
+    assert 3 <= time.monotonic() - started < 20
+    assert result.stderr.count("reconnecting in") >= 2
 
 
 def test_pg_url_is_the_fallback(setup: tuple[str, dict[str, str], Path]) -> None:

@@ -30,6 +30,7 @@ def worker(
     clock: Callable[[], datetime] | None = None,
     **settings: Any,
 ) -> Worker:
+    settings.setdefault("reconnect_timeout", "0")  # tests of reconnecting set it themselves
     built = load_settings(
         database_url=url, policy_dir=policy_dir, now=now, batch_size=batch_size, **settings
     )
