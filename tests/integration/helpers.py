@@ -24,7 +24,7 @@ def worker(
     url: str,
     policy_dir: Path,
     *,
-    now: datetime = NOW,
+    now: datetime | None = NOW,
     batch_size: int = 50,
     should_stop: Callable[[], bool] | None = None,
     clock: Callable[[], datetime] | None = None,
@@ -37,7 +37,10 @@ def worker(
     extra: dict[str, Any] = {}
     if should_stop is not None:
         extra["should_stop"] = should_stop
-    extra["clock"] = clock or (lambda: now)
+    if clock is not None:
+        extra["clock"] = clock
+    elif now is not None:
+        extra["clock"] = lambda: now
     return Worker.from_settings(built, **extra)
 
 
