@@ -294,3 +294,29 @@ def test_schedule_needs_an_expression(missing: str, tmp_path: Path) -> None:
     assert result.code == 2 and "no schedule" in result.stderr
     bad = run("schedule", missing, "every day", env=clean_env(RETENTION_STATE_DIR=str(tmp_path)))
     assert bad.code == 2 and "invalid cron expression" in bad.stderr
+
+
+def test_two_workers_started_at_once_one_runs(pg_url: str, tmp_path: Path) -> None:
+    scenario = generate(83, projects=2, events=20_000)
+    insert(engine_for(pg_url), scenario)
+    policies = _policies(tmp_path, policy_toml(defaults={"project_logs": 10}))
+    env = clean_env(
+        RETENTION_DATABASE_URL=pg_url,
+        RETENTION_POLICY_DIR=str(policies),
+        RETENTION_NOW=NOW.isoformat(),
+        RETENTION_BATCH_SIZE="20",
+    )
+    command = [retention_command(), "run", "--allow-large-deletes"]
+    first = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    second = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    outs = [p.communicate(timeout=120)[1] for p in (first, second)]
+    codes = sorted([first.returncode, second.returncode])
+    assert codes == [0, 7], outs
+    days = {(p, "project_logs"): 10.0 for p in scenario.project_ids()}
+    assert surviving_rows(engine_for(pg_url)) == Expect(days=days).survivors(scenario)
+    with engine_for(pg_url).connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM retention_runs").scalar() == 1
