@@ -254,3 +254,8 @@ def timed_out(error: BaseException) -> bool:
     if _sqlstate(error) in _TIMEOUTS:
         return True
     return isinstance(error, exc.OperationalError) and "database is locked" in _first_line(error)
+
+
+def deadlocked(error: BaseException) -> bool:
+    """The server broke a deadlock by aborting this transaction (40P01)."""
+    return _sqlstate(error) == "40P01"

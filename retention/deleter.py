@@ -96,7 +96,7 @@ def _save(ctx: BatchContext, target: Target, checkpoint: Checkpoint, **receipt: 
     )
 
 
-def _after_rows(target: Target, ctx: BatchContext) -> Phase:
+def after_rows(target: Target, ctx: BatchContext) -> Phase:
     if ctx.mark_segments:
         return Phase.SEGMENTS
     return _after_segments(target)
@@ -114,7 +114,7 @@ def _rows_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -> Ch
         ctx.progress.advance(result.rows)
     checkpoint = replace(
         checkpoint,
-        phase=_after_rows(target, ctx) if result.rows < ctx.batch_size else Phase.ROWS,
+        phase=after_rows(target, ctx) if result.rows < ctx.batch_size else Phase.ROWS,
         cursor=result.last or checkpoint.cursor,
         rows=checkpoint.rows + result.rows,
         batches=checkpoint.batches + 1,
@@ -202,6 +202,7 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
         checkpoint = replace(checkpoint, phase=_after_segments(target))
     step = ctx
     waits = streak = 0
+    longest = 0.0  # the longest batch transaction, seconds
     while checkpoint.phase is not Phase.DONE:
         if ctx.should_stop():
             return _outcome(target, checkpoint, "stopped", waits)
@@ -217,8 +218,10 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
                 )
         logs.set_action(_ACTIONS[checkpoint.phase])
         try:
+            began = time.monotonic()
             with step.conn.begin():
                 checkpoint = _STEPS[checkpoint.phase](step, target, checkpoint)
+            longest = max(longest, time.monotonic() - began)
             streak = 0
         except DBAPIError as error:
             if not timed_out(error):
@@ -253,7 +256,7 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
         checkpoint.segments,
         checkpoint.batches,
     )
-    return _outcome(target, checkpoint, "", waits)
+    return replace(_outcome(target, checkpoint, "", waits), longest_batch=longest)
 
 
 def _outcome(

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from . import logs, migrate, planfile, report, state
+from . import blocksweep, bulk, logs, migrate, partitions, planfile, report, state
 from .db import make_engine, server_now, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
 from .errors import DatabaseUnavailable, GuardError
@@ -258,9 +258,7 @@ def _locked_purge(
     swept: SweepOutcome | None = None
     logs.set_run(run_id)
     try:
-        logs.set_action("delete")
-        for target in the_plan.targets:
-            outcomes.append(_purge_or_skip(ctx, target, checkpoints.get(target.key), guarded))
+        outcomes = _delete(conn, ctx, worker, the_plan, checkpoints, guarded)
         deleted = time.monotonic()
         if store is not None and all(o.phase is Phase.DONE for o in outcomes):
             logs.set_action("sweep")
@@ -304,6 +302,7 @@ def _locked_purge(
             "plan": round(plan_done - started, 3),
             "delete": round(deleted - plan_done, 3),
             "sweep": round(time.monotonic() - deleted, 3),
+            "longest_batch": round(max((o.longest_batch for o in outcomes), default=0.0), 3),
         },
         sweep=swept,
     )
@@ -378,6 +377,96 @@ def _guard_settings(
         first_run=first_run,
         # a reviewed plan file is the review the guards ask for
         allow_large_deletes=options.allow_large_deletes or options.plan_file is not None,
+    )
+
+
+def _delete(
+    conn: Connection,
+    ctx: BatchContext,
+    worker: Worker,
+    the_plan: Plan,
+    checkpoints: dict[str, Checkpoint],
+    guarded: dict[str, str],
+) -> list[TargetOutcome]:
+    """Every target: logs and dataset rows by the block sweep or keyset batches, then
+    segments and experiments target by target."""
+    logs.set_action("delete")
+    allowed = [t for t in the_plan.targets if t.key not in guarded]
+    dropped = 0  # rows that went with whole partitions
+    if conn.dialect.name == "postgresql" and worker.settings.partition_action != "off":
+        checkpoints, dropped = bulk.drop_partitions(
+            ctx, allowed, checkpoints, worker.settings.partition_action
+        )
+    rows = _sweep_rows(conn, ctx, worker, allowed, checkpoints, dropped)
+    outcomes = []
+    for target in the_plan.targets:
+        if rows is not None and target.key in rows.swept:
+            outcomes.append(_after_sweep(ctx, target, rows))
+        else:
+            outcomes.append(_purge_or_skip(ctx, target, checkpoints.get(target.key), guarded))
+    return outcomes
+
+
+def _sweep_rows(
+    conn: Connection,
+    ctx: BatchContext,
+    worker: Worker,
+    targets: Sequence[Target],
+    checkpoints: dict[str, Checkpoint],
+    dropped: int = 0,
+) -> bulk.RowSweep | None:
+    """The block-range sweep, when the strategy calls for it (PostgreSQL, much expired)."""
+    settings = worker.settings
+    if conn.dialect.name != "postgresql" or settings.delete_strategy == "keyset":
+        return None
+    candidates = blocksweep.sweepable(targets)
+    if not candidates.targets:
+        return None
+    if settings.delete_strategy == "auto":
+        with conn.begin():
+            _, estimate = partitions.heap_size(conn, worker.tables)
+        # before any ANALYZE the estimate is 0: the plan's own counts are a lower bound
+        table_rows = max(estimate, sum(t.counts.total_rows for t in targets))
+        expired = sum(t.counts.rows for t in candidates.targets) - dropped
+        share = expired / max(table_rows, expired, 1)
+        if table_rows < settings.block_sweep_min_rows:
+            log.info("keyset batches: a small table (%d rows)", table_rows)
+            return None
+        if share < settings.block_sweep_fraction:
+            log.info("keyset batches: %.1f%% of the table expired", share * 100)
+            return None
+        log.info("block-range sweep: %.1f%% of the table expired", share * 100)
+    sizer = blocksweep.BlockSizer(
+        blocks=settings.sweep_blocks, target=settings.batch_target_seconds
+    )
+    return bulk.sweep_rows(ctx, targets, checkpoints, sizer)
+
+
+def _after_sweep(ctx: BatchContext, target: Target, rows: bulk.RowSweep) -> TargetOutcome:
+    """A swept target: its segments (and nothing more) by the per-target path."""
+    checkpoint = rows.checkpoints[target.key]
+    if target.key in rows.held:
+        return TargetOutcome(
+            target=target,
+            rows=checkpoint.rows,
+            phase=Phase.DONE,
+            batches=checkpoint.batches,
+            note=f"held during the run: {rows.held[target.key]}",
+        )
+    if not rows.complete:
+        return TargetOutcome(
+            target=target,
+            rows=checkpoint.rows,
+            batches=checkpoint.batches,
+            phase=Phase.ROWS,
+            note=rows.note,
+            lock_waits=rows.waits_of(target.key),
+        )
+    outcome = purge_target(ctx, target, checkpoint)
+    return replace(
+        outcome,
+        longest_batch=max(outcome.longest_batch, rows.longest),
+        lock_waits=outcome.lock_waits + rows.waits_of(target.key),
     )
 
 

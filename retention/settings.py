@@ -138,6 +138,28 @@ class Settings(BaseSettings):
     max_clock_skew: Duration = Field(
         default=timedelta(minutes=5), validation_alias=_env("RETENTION_MAX_CLOCK_SKEW")
     )
+    delete_strategy: str = Field(
+        default="auto",
+        pattern="^(auto|keyset|blocks)$",
+        validation_alias=_env("RETENTION_DELETE_STRATEGY"),
+    )
+    block_sweep_fraction: float = Field(
+        default=0.05, ge=0, le=1, validation_alias=_env("RETENTION_BLOCK_SWEEP_FRACTION")
+    )
+    partition_action: str = Field(
+        default="drop",
+        pattern="^(drop|detach|off)$",
+        validation_alias=_env("RETENTION_PARTITION_ACTION"),
+    )
+    sweep_blocks: int = Field(  # heap blocks (8 KiB) of the first block-sweep batch
+        default=256, ge=1, le=65_536, validation_alias=_env("RETENTION_SWEEP_BLOCKS")
+    )
+    block_sweep_min_rows: int = Field(
+        default=100_000, ge=0, validation_alias=_env("RETENTION_BLOCK_SWEEP_MIN_ROWS")
+    )
+    batch_target_seconds: float = Field(
+        default=0.2, gt=0, le=60, validation_alias=_env("RETENTION_BATCH_TARGET_SECONDS")
+    )
     lock_retries: int = Field(
         default=5, ge=0, le=100, validation_alias=_env("RETENTION_LOCK_RETRIES")
     )

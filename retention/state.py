@@ -31,6 +31,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    bindparam,
     func,
     insert,
     select,
@@ -87,6 +88,8 @@ checkpoints = Table(
     Column("last_segment_id", UUIDType),
     Column("segments", BigInteger, nullable=False, server_default="0"),
     Column("bytes", BigInteger, nullable=False, server_default="0"),
+    Column("last_block", BigInteger),  # block-range sweep: the next heap block
+    Column("signature", Text),  # block-range sweep: which targets and cutoffs it is for
 )
 
 receipts = Table(
@@ -185,6 +188,8 @@ class Checkpoint:
     segment_cursor: UUID | None = None
     segments: int = 0
     bytes: int = 0
+    block: int | None = None
+    signature: str | None = None
 
 
 def _record(row: Any) -> RunRecord:
@@ -323,6 +328,8 @@ def load_checkpoints(conn: Connection, run_id: int) -> dict[str, Checkpoint]:
             segment_cursor=row.last_segment_id,
             segments=int(row.segments),
             bytes=int(row.bytes),
+            block=row.last_block,
+            signature=row.signature,
         )
     return found
 
@@ -350,6 +357,8 @@ def save_checkpoint(
         "last_segment_id": checkpoint.segment_cursor,
         "segments": checkpoint.segments,
         "bytes": checkpoint.bytes,
+        "last_block": checkpoint.block,
+        "signature": checkpoint.signature,
         "updated_at": clock,
     }
     updated = conn.execute(
@@ -368,6 +377,30 @@ def save_checkpoint(
             )
         )
     conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=clock))
+
+
+def update_counts(
+    conn: Connection, run_id: int, counts: list[tuple[str, int, int]], *, clock: datetime
+) -> None:
+    """Rows and batches of existing checkpoints, in one statement (target, rows, batches)."""
+    if not counts:
+        return
+    statement = (
+        update(checkpoints)
+        .where(checkpoints.c.run_id == run_id, checkpoints.c.target == bindparam("key"))
+        .values(rows=bindparam("n"), batches=bindparam("b"), updated_at=clock)
+    )
+    conn.execute(statement, [{"key": k, "n": n, "b": b} for k, n, b in counts])
+
+
+def add_receipts(
+    conn: Connection, run_id: int, items: list[dict[str, Any]], *, clock: datetime
+) -> None:
+    """Several receipts in one statement."""
+    if items:
+        conn.execute(
+            insert(receipts), [{"run_id": run_id, "recorded_at": clock, **i} for i in items]
+        )
 
 
 def cursor_key(cursor: Cursor | None) -> str | None:

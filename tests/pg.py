@@ -45,6 +45,7 @@ class Cluster:
     root: Path
     port: int
     user: str | None  # OS user the server runs as (None: the current user)
+    durable: bool = False  # fsync and synchronous commit on (benchmarks)
 
     @property
     def data(self) -> Path:
@@ -77,11 +78,13 @@ class Cluster:
                 f"-p {self.port}",
                 f"-k {self.root}",
                 "-c listen_addresses=127.0.0.1",
-                "-c fsync=off",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
                 "-c max_connections=200",
             ]
+            + (
+                []
+                if self.durable
+                else ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+            )
         )
         self.pg_ctl("-o", options, "-l", str(self.root / "server.log"), "-w", "start")
 
@@ -94,7 +97,7 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def throwaway_cluster() -> Iterator[Cluster]:
+def throwaway_cluster(*, durable: bool = False) -> Iterator[Cluster]:
     bindir = find_bindir()
     if bindir is None:
         raise RuntimeError(
@@ -108,7 +111,7 @@ def throwaway_cluster() -> Iterator[Cluster]:
         entry = pwd.getpwnam(user)
         os.chown(root, entry.pw_uid, entry.pw_gid)
     os.chmod(root, 0o755)
-    cluster = Cluster(bindir=bindir, root=root, port=free_port(), user=user)
+    cluster = Cluster(bindir=bindir, root=root, port=free_port(), user=user, durable=durable)
     try:
         cluster._run(
             "initdb",

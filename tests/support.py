@@ -6,6 +6,7 @@ with plain SQL; expectations are computed in Python from the generated rows.
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from collections.abc import Iterable, Sequence
@@ -357,3 +358,33 @@ def segment_states(engine: sa.Engine) -> dict[str, tuple[str, bool]]:
             str(r[0]): (r[1], r[2] is not None)
             for r in conn.exec_driver_sql("SELECT segment_id, state, unused_at FROM segments")
         }
+
+
+def partition_events(engine: sa.Engine, months: int) -> None:
+    """Recreate (empty) events as a table partitioned by month on created, from the month
+    after NOW back ``months`` months, plus a default partition (PostgreSQL)."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE events")
+        conn.exec_driver_sql(
+            """CREATE TABLE events (
+              sequence_id bigserial, object_type text NOT NULL, object_id uuid NOT NULL,
+              project_id uuid NOT NULL, id text NOT NULL, _xact_id bigint NOT NULL,
+              created timestamptz NOT NULL, data jsonb,
+              PRIMARY KEY (sequence_id, created)) PARTITION BY RANGE (created)"""
+        )
+        conn.exec_driver_sql(
+            "CREATE INDEX events_project_type_created ON events (project_id, object_type, created)"
+        )
+        conn.exec_driver_sql(
+            "CREATE INDEX events_object_created ON events (object_type, object_id, created)"
+        )
+        top = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0) + timedelta(days=32)
+        bounds = [top.replace(day=1)]
+        for _ in range(months):
+            bounds.append((bounds[-1] - timedelta(days=1)).replace(day=1))
+        for hi, lo in itertools.pairwise(bounds):
+            conn.exec_driver_sql(
+                f"CREATE TABLE events_{lo:%Y_%m} PARTITION OF events "
+                f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+            )
+        conn.exec_driver_sql("CREATE TABLE events_default PARTITION OF events DEFAULT")

@@ -15,7 +15,16 @@ import pytest
 from retention.db import make_engine, parse_database_url
 from tests.acceptance.cli import clean_env, retention_command, run
 from tests.conftest import PgServer, engine_for
-from tests.support import NOW, Expect, generate, insert, policy_toml, registry, surviving_rows
+from tests.support import (
+    NOW,
+    Expect,
+    generate,
+    insert,
+    partition_events,
+    policy_toml,
+    registry,
+    surviving_rows,
+)
 
 EVENTS = 24_000
 BATCH = "40"
@@ -49,13 +58,28 @@ def _count(url: str) -> int:
         engine.dispose()
 
 
-def _env(url: str, policy_dir: Path) -> dict[str, str]:
+# How each variant deletes: keyset batches; the block-range sweep in small batches (so kills
+# land between and inside them); whole partitions first on a partitioned events table.
+STRATEGIES = {
+    "postgresql": {"RETENTION_DELETE_STRATEGY": "keyset"},
+    "postgresql-blocks": {
+        "RETENTION_DELETE_STRATEGY": "blocks",
+        "RETENTION_SWEEP_BLOCKS": "1",
+        "RETENTION_BATCH_TARGET_SECONDS": "0.005",
+    },
+    "postgresql-partitions": {"RETENTION_DELETE_STRATEGY": "blocks", "RETENTION_SWEEP_BLOCKS": "1"},
+    "sqlite": {},
+}
+
+
+def _env(url: str, policy_dir: Path, variant: str) -> dict[str, str]:
     return clean_env(
         RETENTION_DATABASE_URL=url,
         RETENTION_POLICY_DIR=str(policy_dir),
         RETENTION_NOW=NOW.isoformat(),
         RETENTION_BATCH_SIZE=BATCH,
         RETENTION_LOG_LEVEL="WARNING",
+        **STRATEGIES[variant],
     )
 
 
@@ -91,10 +115,11 @@ def _kill_after(url: str, env: dict[str, str], deleted: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+@pytest.mark.parametrize("variant", list(STRATEGIES))
 def test_sigkill_at_random_points_then_rerun(
-    backend: str, pg_server: PgServer, pg_template: str, sqlite_template: Path, tmp_path: Path
+    variant: str, pg_server: PgServer, pg_template: str, sqlite_template: Path, tmp_path: Path
 ) -> None:
+    backend = variant.partition("-")[0]
     scenario, policies, expect = _scenario()
     policy_dir = tmp_path / "policies"
     policy_dir.mkdir()
@@ -102,6 +127,8 @@ def test_sigkill_at_random_points_then_rerun(
     if backend == "postgresql":
         name = f"crash_{int(time.time() * 1000)}"
         killed_url = pg_server.create(name, template=pg_template)
+        if variant == "postgresql-partitions":
+            partition_events(engine_for(killed_url), 8)
         insert(engine_for(killed_url), scenario)
         calm_url = pg_server.create(name + "_calm", template=name)  # identical copy
     else:
@@ -116,14 +143,14 @@ def test_sigkill_at_random_points_then_rerun(
     to_delete = len(scenario.events) - len(expected)
     assert to_delete > 5000
 
-    calm = run("purge", "--yes", "--allow-large-deletes", env=_env(calm_url, policy_dir))
+    calm = run("purge", "--yes", "--allow-large-deletes", env=_env(calm_url, policy_dir, variant))
     assert calm.code == 0, calm.stderr
 
     rng = random.Random(2026)
     landed = 0
     for _ in range(4):  # each kill lands after a random number of deletions
         deleted = int(to_delete * rng.uniform(0.02, 0.2))
-        landed += _kill_after(killed_url, _env(killed_url, policy_dir), deleted)
+        landed += _kill_after(killed_url, _env(killed_url, policy_dir, variant), deleted)
         # whatever the moment of death, nothing that policy keeps is gone
         assert expected <= surviving_rows(engine_for(killed_url))
     assert landed >= 3, "the kills should land mid-run"
@@ -134,7 +161,7 @@ def test_sigkill_at_random_points_then_rerun(
         "--allow-large-deletes",
         "--format",
         "json",
-        env=_env(killed_url, policy_dir),
+        env=_env(killed_url, policy_dir, variant),
     )
     assert final.code == 0, final.stderr
 

@@ -84,6 +84,9 @@ def _env(url: str, policy_dir: Path) -> dict[str, str]:
         RETENTION_NOW=NOW.isoformat(),
         RETENTION_BATCH_SIZE=str(BATCH),
         RETENTION_LOG_LEVEL="WARNING",
+        # batches of BATCH rows in key order, so a locked row parks a known batch (the
+        # block sweep's lock waits: tests/integration/test_block_sweep.py)
+        RETENTION_DELETE_STRATEGY="keyset",
     )
 
 

@@ -10,6 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
+import pytest
+
 from retention import engine as engine_module
 from retention.models import RunStatus
 from tests.acceptance.cli import clean_env, run
@@ -18,45 +20,53 @@ from tests.integration.helpers import purge, worker, write_policies
 from tests.support import NOW, generate, insert, policy_toml, surviving_rows
 
 
-def _sequence_ids(url: str) -> dict[str, list[tuple[str, str, str, int]]]:
-    """Before the purge: (project, type, created iso, sequence_id) of every row, by row id."""
+def _sequence_ids(url: str) -> dict[str, tuple[str, str, str, int, int]]:
+    """Before the purge: (project, type, created, sequence_id, heap block) by row id.
+
+    The heap block (PostgreSQL's ctid) places a row in a block-range sweep's batch.
+    """
     engine = engine_for(url)
+    block = "(ctid::text::point)[0]::bigint" if engine.dialect.name == "postgresql" else "-1"
     with engine.connect() as conn:
         rows = conn.exec_driver_sql(
-            "SELECT id, project_id, object_type, created, sequence_id FROM events"
+            f"SELECT id, project_id, object_type, created, sequence_id, {block} FROM events"
         ).all()
     engine.dispose()
-    return {r[0]: (str(r[1]), r[2], str(r[3]), int(r[4])) for r in rows}
+    return {r[0]: (str(r[1]), r[2], str(r[3]), int(r[4]), int(r[5])) for r in rows}
 
 
-def test_receipt_digests_match_the_deleted_keys(db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["keyset", "blocks"])
+def test_receipt_digests_match_the_deleted_keys(db_url: str, tmp_path: Path, strategy: str) -> None:
     scenario = generate(61, projects=3, events=900)
     insert(engine_for(db_url), scenario)
     before = _sequence_ids(db_url)
     policies = write_policies(
         tmp_path / "p", policy_toml(defaults={"project_logs": 30, "dataset": 45})
     )
-    report = purge(worker(db_url, policies, batch_size=17))
+    report = purge(worker(db_url, policies, batch_size=17, delete_strategy=strategy))
     assert report.status is RunStatus.SUCCEEDED
     deleted_ids = set(before) - surviving_rows(engine_for(db_url))
     deleted = sorted(before[i][3] for i in deleted_ids)
 
     found = engine_module.receipts(worker(db_url, policies), action="delete")
     assert sum(r["rows"] for r in found) == len(deleted)
+    swept = strategy == "blocks" and db_url.startswith("postgresql")
+    assert all(r["first_key"].startswith("blocks ") is swept for r in found if r["rows"])
     # every receipt's digest is the SHA-256 of its batch's keys, recomputed here from the
     # keys that were deleted between its first and last key
     covered: list[int] = []
     for receipt in found:
         if not receipt["rows"]:
             continue
-        first = int(receipt["first_key"].rpartition("/")[2])
-        last = int(receipt["last_key"].rpartition("/")[2])
+        first = int(receipt["first_key"].replace(":", "/").rpartition("/")[2])
+        last = int(receipt["last_key"].replace(":", "/").rpartition("/")[2])
         project, object_type = receipt["project_id"], receipt["object_type"]
         keys = sorted(
-            seq
+            before[i][3]
             for i in deleted_ids
-            for (p, t, _created, seq) in [before[i]]
-            if p == project and t == object_type and _in_batch(before[i], receipt)
+            if before[i][0] == project
+            and before[i][1] == object_type
+            and _in_batch(before[i], receipt)
         )
         assert len(keys) == receipt["rows"]
         digest = hashlib.sha256("".join(f"{k}\n" for k in keys).encode()).hexdigest()
@@ -66,8 +76,12 @@ def test_receipt_digests_match_the_deleted_keys(db_url: str, tmp_path: Path) -> 
     assert sorted(covered) == deleted  # each deleted key in exactly one receipt
 
 
-def _in_batch(row: tuple[str, str, str, int], receipt: dict) -> bool:
-    """Rows are deleted in (created, sequence_id) order: a batch is the range first..last."""
+def _in_batch(row: tuple[str, str, str, int, int], receipt: dict) -> bool:
+    """Keyset batches cover (created, sequence_id) from first to last key; a block sweep's
+    batch ("blocks LO-HI:...") covers the heap blocks LO to HI."""
+    if receipt["first_key"].startswith("blocks "):
+        lo, _, hi = receipt["first_key"].removeprefix("blocks ").partition(":")[0].partition("-")
+        return int(lo) <= row[4] < int(hi)
     first_created, _, first_seq = receipt["first_key"].rpartition("/")
     last_created, _, last_seq = receipt["last_key"].rpartition("/")
     key = (_norm(row[2]), row[3])

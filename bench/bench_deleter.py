@@ -1,0 +1,292 @@
+"""The deleter against the one-statement DELETE, side by side on identical copies.
+
+    python bench/bench_deleter.py [--rows 1000000] [--steady | --partitioned] [--repeat 2]
+                                  [--fast] [--memory-only]
+
+Starts a throwaway PostgreSQL cluster (durable settings unless --fast), loads the reference
+schema with ROWS log rows of 50 projects interleaved on the heap, `created` uniform over 120
+days, ~400-byte jsonb, both indexes. Each approach runs on its own copy (CREATE DATABASE ...
+TEMPLATE), --repeat times; medians are printed as ratios to the one-statement DELETE measured
+in the same run, with the longest transaction of each.
+
+  (default)      a backlog: half the rows expired (cutoff 60 days)
+  --steady       a daily run: ~1% expired (cutoff 119 days)
+  --partitioned  the backlog on events range-partitioned by 10 days of `created`: the purge
+                 dropping whole partitions against the same purge deleting row by row
+  --memory-only  only the peak RSS of `retention purge` (compare --rows 1000000 and 10000000)
+
+Also: the dry run against an exact grouped count(*) of the expired rows. Not part of the
+test command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from retention import engine as engine_module  # noqa: E402
+from retention import migrate  # noqa: E402
+from retention.db import make_engine, parse_database_url  # noqa: E402
+from retention.settings import load_settings  # noqa: E402
+from tests.pg import throwaway_cluster  # noqa: E402
+from tests.support import PG_DDL  # noqa: E402
+
+PROJECTS = 50
+SPAN_DAYS = 120
+PART_DAYS = 10
+
+LOAD = """
+INSERT INTO events (object_type, object_id, project_id, id, _xact_id, created, data)
+SELECT 'project_logs', p, p, 'r' || g, g, now() - (random() * interval '120 days'),
+       jsonb_build_object('input', repeat(md5(g::text), 12))
+FROM generate_series(1, {rows}) g,
+     LATERAL (SELECT ('00000000-0000-4000-8000-' || lpad((g %% {projects})::text, 12, '0'))::uuid
+              AS p) x
+"""
+OBJECTS = """
+INSERT INTO objects (object_type, object_id, project_id, name, created)
+SELECT 'project_logs', p, p, 'p' || g, now() - interval '400 days'
+FROM generate_series(0, {projects} - 1) g,
+     LATERAL (SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid AS p) x
+"""
+PARTITIONED = [
+    "DROP TABLE events",
+    """CREATE TABLE events (
+      sequence_id bigserial, object_type text NOT NULL, object_id uuid NOT NULL,
+      project_id uuid NOT NULL, id text NOT NULL, _xact_id bigint NOT NULL,
+      created timestamptz NOT NULL, data jsonb,
+      PRIMARY KEY (sequence_id, created)) PARTITION BY RANGE (created)""",
+    "CREATE INDEX ON events (project_id, object_type, created)",
+    "CREATE INDEX ON events (object_type, object_id, created)",
+]
+
+
+def admin(url: str) -> sa.Engine:
+    return sa.create_engine(
+        parse_database_url(url).url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+    )
+
+
+def copy(server: str, name: str, url_for: Callable[[str], str]) -> str:
+    with admin(server).connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE tmpl')
+    url = url_for(name)
+    with admin(url).connect() as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE")
+        conn.exec_driver_sql("CHECKPOINT")
+    return url
+
+
+def drop(server: str, name: str) -> None:
+    with admin(server).connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def wal(url: str) -> int:
+    with admin(url).connect() as conn:
+        return int(conn.exec_driver_sql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").scalar())
+
+
+def one_statement(url: str, cutoff: dt.datetime) -> dict[str, float]:
+    with admin(url).connect() as conn:
+        started = time.perf_counter()
+        conn.exec_driver_sql("BEGIN")
+        rows = conn.exec_driver_sql(
+            "DELETE FROM events WHERE object_type = 'project_logs' AND created < %(c)s",
+            {"c": cutoff},
+        ).rowcount
+        conn.exec_driver_sql("COMMIT")
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "rows": rows, "longest": seconds}
+
+
+def policies(folder: Path, days: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.toml").write_text(f"[defaults]\nproject_logs = {days}\n")
+    return folder
+
+
+def retention_purge(
+    url: str, now: dt.datetime, days: int, work: Path, **settings: Any
+) -> dict[str, float]:
+    worker = engine_module.Worker.from_settings(
+        load_settings(database_url=url, policy_dir=policies(work, days), now=now, **settings)
+    )
+    started = time.perf_counter()
+    report = engine_module.purge(worker, allow_large_deletes=True)
+    return {
+        "seconds": report.timings["delete"],
+        "plan": report.timings["plan"],
+        "total": time.perf_counter() - started,
+        "rows": sum(o.rows for o in report.outcomes),
+        "longest": report.timings.get("longest_batch", 0.0),
+    }
+
+
+def grouped_count(url: str, cutoff: dt.datetime) -> float:
+    with admin(url).connect() as conn:
+        started = time.perf_counter()
+        conn.exec_driver_sql(
+            "SELECT project_id, count(*) FROM events WHERE object_type = 'project_logs' "
+            "AND created < %(c)s GROUP BY 1",
+            {"c": cutoff},
+        ).all()
+        return time.perf_counter() - started
+
+
+def dry_run(url: str, now: dt.datetime, days: int, work: Path) -> float:
+    worker = engine_module.Worker.from_settings(
+        load_settings(database_url=url, policy_dir=policies(work, days), now=now)
+    )
+    started = time.perf_counter()
+    engine_module.plan(worker)
+    return time.perf_counter() - started
+
+
+def peak_rss_of_run(url: str, now: dt.datetime, days: int, work: Path) -> float:
+    """Peak RSS in MiB of the installed command purging a copy."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "retention"),
+            "--database-url",
+            url,
+            "--policy-dir",
+            str(policies(work, days)),
+            "--now",
+            now.isoformat(),
+            "--log-level",
+            "warning",
+            "purge",
+            "--yes",
+            "--allow-large-deletes",
+            "--format",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
+
+
+def load(tmpl: str, rows: int, partitioned: bool) -> dt.datetime:
+    with admin(tmpl).connect() as conn:
+        for statement in PG_DDL:
+            conn.exec_driver_sql(statement)
+        now: dt.datetime = conn.exec_driver_sql("SELECT now()").scalar()
+        if partitioned:
+            for statement in PARTITIONED:
+                conn.exec_driver_sql(statement)
+            top = now + dt.timedelta(days=1)
+            for i in range(SPAN_DAYS // PART_DAYS + 1):
+                hi, lo = (
+                    top - dt.timedelta(days=i * PART_DAYS),
+                    top - dt.timedelta(days=(i + 1) * PART_DAYS),
+                )
+                conn.exec_driver_sql(
+                    f"CREATE TABLE events_p{i} PARTITION OF events FOR VALUES "
+                    f"FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+                )
+            conn.exec_driver_sql("CREATE TABLE events_default PARTITION OF events DEFAULT")
+        conn.exec_driver_sql(OBJECTS.format(projects=PROJECTS))
+        conn.exec_driver_sql(LOAD.format(rows=rows, projects=PROJECTS))
+    engine = make_engine(parse_database_url(tmpl))
+    migrate.upgrade(engine)
+    engine.dispose()
+    with admin(tmpl).connect() as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE")
+    return now
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--steady", action="store_true")
+    mode.add_argument("--partitioned", action="store_true")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--fast", action="store_true", help="fsync off (not for the ratios)")
+    parser.add_argument("--memory-only", action="store_true")
+    args = parser.parse_args()
+    days = 119 if args.steady else 60
+    work = Path(tempfile.mkdtemp(prefix="retention-bench-"))
+    with throwaway_cluster(durable=not args.fast) as cluster:
+        server = cluster.url
+        with admin(server).connect() as conn:
+            conn.exec_driver_sql("CREATE DATABASE tmpl")
+        tmpl = cluster.url_for("tmpl")
+        started = time.perf_counter()
+        now = load(tmpl, args.rows, args.partitioned)
+        print(
+            f"rows={args.rows} durable={not args.fast} expired_age_days={days} "
+            f"partitioned={args.partitioned} load_s={time.perf_counter() - started:.1f}"
+        )
+        if args.memory_only:
+            url = copy(server, "mem", cluster.url_for)
+            rss = peak_rss_of_run(url, now, days, work)
+            print(f"peak RSS of 'retention purge' over {args.rows} rows: {rss:.0f} MiB")
+            return
+        cutoff = now - dt.timedelta(days=days)
+        approaches: list[tuple[str, Callable[[str], dict[str, float]]]] = [
+            ("one DELETE statement", lambda u: one_statement(u, cutoff)),
+            ("retention purge (auto)", lambda u: retention_purge(u, now, days, work)),
+        ]
+        if args.partitioned:
+            approaches.append(
+                (
+                    "retention purge, partitions off",
+                    lambda u: retention_purge(u, now, days, work, partition_action="off"),
+                )
+            )
+        else:
+            approaches.append(
+                (
+                    "retention purge (keyset)",
+                    lambda u: retention_purge(u, now, days, work, delete_strategy="keyset"),
+                )
+            )
+        results: dict[str, list[dict[str, float]]] = {}
+        for rep in range(args.repeat):
+            for n, (name, fn) in enumerate(approaches):
+                db = f"r{rep}_{n}"
+                url = copy(server, db, cluster.url_for)
+                before = wal(url)
+                out = fn(url)
+                out["wal_mb"] = (wal(url) - before) / 2**20
+                results.setdefault(name, []).append(out)
+                drop(server, db)
+        counts = [grouped_count(tmpl, cutoff) for _ in range(3)]
+        dries = [dry_run(tmpl, now, days, work) for _ in range(3)]
+        base = statistics.median(r["seconds"] for r in results["one DELETE statement"])
+        print(
+            f"{'approach (delete phase)':34} {'seconds':>8} {'rows':>9} {'x one-stmt':>10} "
+            f"{'WAL MB':>7} {'longest txn s':>13}"
+        )
+        for name, runs in results.items():
+            seconds = statistics.median(r["seconds"] for r in runs)
+            print(
+                f"{name:34} {seconds:8.2f} {int(runs[0]['rows']):9d} {seconds / base:10.2f} "
+                f"{statistics.median(r['wal_mb'] for r in runs):7.0f} "
+                f"{max(r['longest'] for r in runs):13.3f}"
+            )
+        count, dry = statistics.median(counts), statistics.median(dries)
+        print(f"dry run {dry:.3f} s vs exact grouped count {count:.3f} s: {dry / count:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

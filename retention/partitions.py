@@ -1,0 +1,228 @@
+"""Partitions of a declaratively partitioned ``events`` table (PostgreSQL).
+
+Where ``events`` is range-partitioned on ``created``, a partition whose every row has
+expired for its target goes whole: dropped (or detached, ``RETENTION_PARTITION_ACTION``)
+instead of deleted row by row. Which partitions may go is decided twice: by the bound (its
+upper end is at or before the latest cutoff), then row by row in the dropping transaction,
+with writes to the partition locked out: every row must belong to a target with a cutoff,
+be older than it (an experiment's row: belong to an experiment created before it) and not
+belong to a held object. A row kept
+by a policy, a hold or the absence of a policy keeps the whole partition (its expired rows
+then go by the row path).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    Connection,
+    MetaData,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    column,
+    exists,
+    false,
+    func,
+    literal,
+    select,
+    table,
+    text,
+    true,
+)
+from sqlalchemy.dialects.postgresql import REGCLASS
+from sqlalchemy.schema import DropTable
+from sqlalchemy.types import DateTime
+
+from .blocksweep import SweepSet, keys_digest, target_arrays
+from .models import ObjectType
+from .tables import DataPlaneTables
+
+_UPPER = re.compile(r"\bTO \('([^']*)'\)$")
+
+
+@dataclass(frozen=True)
+class Partition:
+    schema: str
+    name: str
+    upper: datetime | None  # every row is older than this (None: no such bound is known)
+
+
+@dataclass(frozen=True)
+class PartitionContents:
+    """What a partition holds, per target: (rows, first, last sequence id, keys digest)."""
+
+    expired: dict[tuple[UUID, str], tuple[int, int, int, str]]
+    kept: int  # rows that no target expires
+
+
+def _name(conn: Connection, tables: DataPlaneTables) -> str:
+    """The events table as regclass input (quoted where its name needs it)."""
+    return conn.dialect.identifier_preparer.format_table(tables.events)
+
+
+def _rel(conn: Connection, tables: DataPlaneTables) -> Any:
+    return cast(bindparam("rel", _name(conn, tables)), REGCLASS)
+
+
+def leaves(conn: Connection, tables: DataPlaneTables) -> list[Partition]:
+    """The leaf partitions of ``events`` ([] when it is not partitioned)."""
+    tree = func.pg_partition_tree(_rel(conn, tables)).table_valued(
+        "relid", "parentrelid", "isleaf", "level"
+    )
+    pg_class = table(
+        "pg_class", column("oid"), column("relname"), column("relnamespace"), column("relpartbound")
+    )
+    pg_namespace = table("pg_namespace", column("oid"), column("nspname"))
+    rows = conn.execute(
+        select(
+            pg_namespace.c.nspname,
+            pg_class.c.relname,
+            tree.c.level,
+            func.pg_get_expr(pg_class.c.relpartbound, pg_class.c.oid),
+        )
+        .select_from(tree)
+        .join(pg_class, pg_class.c.oid == tree.c.relid)
+        .join(pg_namespace, pg_namespace.c.oid == pg_class.c.relnamespace)
+        .where(tree.c.isleaf)
+        .order_by(pg_namespace.c.nspname, pg_class.c.relname)
+    ).all()
+    if not rows:
+        return []
+    on_created = _created_key(conn, tables)
+    found = []
+    for schema, name, level, bound in rows:
+        upper = None
+        match = _UPPER.search(bound or "")
+        if on_created and level == 1 and match:
+            upper = conn.execute(
+                select(cast(literal(match.group(1)), DateTime(timezone=True)))
+            ).scalar_one()
+        found.append(Partition(schema=schema, name=name, upper=upper))
+    return found
+
+
+def _created_key(conn: Connection, tables: DataPlaneTables) -> bool:
+    row = conn.execute(
+        text(
+            "SELECT p.partstrat = 'r' AND p.partnatts = 1 AND a.attname = :col "
+            "FROM pg_partitioned_table p JOIN pg_attribute a "
+            "ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0] "
+            "WHERE p.partrelid = CAST(:rel AS regclass)"
+        ),
+        {"col": tables.events.c.created.name, "rel": _name(conn, tables)},
+    ).scalar()
+    return bool(row)
+
+
+def _part_table(tables: DataPlaneTables, part: Partition) -> Any:
+    ev = tables.events
+    return table(
+        part.name,
+        *(column(c.name, c.type) for c in ev.c),
+        schema=part.schema,
+    )
+
+
+def contents(
+    conn: Connection, tables: DataPlaneTables, part: Partition, sweep: SweepSet
+) -> PartitionContents:
+    """Per target, the expired rows of ``part``; and how many rows nothing expires."""
+    ev = tables.events
+    rows = _part_table(tables, part)
+    c = {col.key: rows.c[col.name] for col in ev.c}
+    arrays = target_arrays(sweep)
+    held = c["object_id"].not_in(sorted(sweep.held)) if sweep.held else true()
+    ob = tables.objects
+    expired_experiment = exists().where(
+        ob.c.object_type == ObjectType.EXPERIMENT.value,
+        ob.c.object_id == c["object_id"],
+        ob.c.project_id == arrays.c.p,
+        ob.c.created < arrays.c.cut,
+    )
+    past = case(
+        (c["object_type"] == ObjectType.EXPERIMENT.value, expired_experiment),
+        else_=c["created"] < arrays.c.cut,
+    )
+    gone = func.coalesce(and_(arrays.c.cut.is_not(None), past, held), false())
+    query = (
+        select(
+            c["project_id"],
+            c["object_type"],
+            case((gone, 1), else_=0).label("gone"),
+            func.count(),
+            func.min(c["sequence_id"]),
+            func.max(c["sequence_id"]),
+            keys_digest(c["sequence_id"]),
+        )
+        .select_from(
+            rows.outerjoin(
+                arrays,
+                and_(c["project_id"] == arrays.c.p, c["object_type"] == arrays.c.ty),
+            )
+        )
+        .group_by(c["project_id"], c["object_type"], gone)
+    )
+    expired: dict[tuple[UUID, str], tuple[int, int, int, str]] = {}
+    kept = 0
+    for project_id, object_type, is_gone, count, first, last, digest in conn.execute(query):
+        if is_gone:
+            expired[(project_id, object_type)] = (int(count), int(first), int(last), digest)
+        else:
+            kept += int(count)
+    return PartitionContents(expired=expired, kept=kept)
+
+
+def _ddl_table(part: Partition) -> Table:
+    return Table(part.name, MetaData(), schema=part.schema)
+
+
+def lock_writes(conn: Connection, part: Partition) -> None:
+    """Block writes to ``part`` until the transaction ends (reads go on)."""
+    name = conn.dialect.identifier_preparer.format_table(_ddl_table(part))
+    conn.exec_driver_sql(f"LOCK TABLE {name} IN SHARE MODE")
+
+
+def remove(conn: Connection, tables: DataPlaneTables, part: Partition, action: str) -> None:
+    """DROP the partition, or DETACH it from ``events`` (it stays as a table of its own)."""
+    if action == "drop":
+        conn.execute(DropTable(_ddl_table(part)))
+        return
+    preparer = conn.dialect.identifier_preparer
+    parent = preparer.format_table(tables.events)
+    conn.exec_driver_sql(
+        f"ALTER TABLE {parent} DETACH PARTITION {preparer.format_table(_ddl_table(part))}"
+    )
+
+
+def heap_size(conn: Connection, tables: DataPlaneTables) -> tuple[int, int]:
+    """(blocks of the largest heap, estimated rows): of events, or over its partitions.
+
+    The row estimate is the planner's (``reltuples``, no scan; 0 before any ANALYZE).
+    """
+    tree = func.pg_partition_tree(_rel(conn, tables)).table_valued("relid", "isleaf")
+    pg_class = table("pg_class", column("oid"), column("reltuples"))
+    blocks, rows = conn.execute(
+        select(
+            func.max(func.pg_relation_size(tree.c.relid)),
+            func.sum(func.greatest(pg_class.c.reltuples, 0)),
+        )
+        .select_from(tree)
+        .join(pg_class, pg_class.c.oid == tree.c.relid)
+        .where(tree.c.isleaf)
+    ).one()
+    if blocks is None:  # not partitioned
+        blocks, rows = conn.execute(
+            select(func.pg_relation_size(_rel(conn, tables)), pg_class.c.reltuples).where(
+                pg_class.c.oid == _rel(conn, tables)
+            )
+        ).one()
+    block = int(conn.execute(select(func.current_setting("block_size"))).scalar_one())
+    return int(blocks) // block, max(int(rows or 0), 0)
