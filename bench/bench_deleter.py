@@ -1,7 +1,7 @@
 """The deleter against the one-statement DELETE, side by side on identical copies.
 
     python bench/bench_deleter.py [--rows 1000000] [--steady | --partitioned] [--repeat 2]
-                                  [--fast] [--memory-only]
+                                  [--fast] [--memory-only] [--workers N]
 
 Starts a throwaway PostgreSQL cluster (durable settings unless --fast), loads the reference
 schema with ROWS log rows of 50 projects interleaved on the heap, `created` uniform over 120
@@ -14,6 +14,7 @@ in the same run, with the longest transaction of each.
   --partitioned  the backlog on events range-partitioned by 10 days of `created`: the purge
                  dropping whole partitions against the same purge deleting row by row
   --memory-only  only the peak RSS of `retention purge` (compare --rows 1000000 and 10000000)
+  --workers N    the backlog purged by 1 worker against N (`retention join` helpers) on one run
 
 Also: the dry run against an exact grouped count(*) of the expired rows. Not part of the
 test command.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import resource
 import statistics
 import subprocess
@@ -138,6 +140,30 @@ def retention_purge(
     }
 
 
+def with_helpers(
+    url: str, now: dt.datetime, days: int, work: Path, helpers: int, **settings: Any
+) -> dict[str, float]:
+    """The purge with ``helpers`` more workers (`retention join` processes) on its run."""
+    env = {
+        **os.environ,
+        "RETENTION_DATABASE_URL": url,
+        "RETENTION_JOIN_WAIT": "60s",
+        "RETENTION_LOG_LEVEL": "WARNING",
+        "RETENTION_DELETE_STRATEGY": "blocks",
+        "RETENTION_SWEEP_UNIT_BLOCKS": str(settings.get("sweep_unit_blocks", 2048)),
+    }
+    command = str(Path(sys.executable).parent / "retention")
+    joined = [
+        subprocess.Popen([command, "join"], env=env, stdout=subprocess.DEVNULL)
+        for _ in range(helpers)
+    ]
+    try:
+        return retention_purge(url, now, days, work, delete_strategy="blocks", **settings)
+    finally:
+        for process in joined:
+            process.wait(timeout=600)
+
+
 def grouped_count(url: str, cutoff: dt.datetime) -> float:
     with admin(url).connect() as conn:
         started = time.perf_counter()
@@ -222,6 +248,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--fast", action="store_true", help="fsync off (not for the ratios)")
     parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="also the purge with N workers on one run"
+    )
     args = parser.parse_args()
     days = 119 if args.steady else 60
     work = Path(tempfile.mkdtemp(prefix="retention-bench-"))
@@ -251,6 +280,18 @@ def main() -> None:
                 (
                     "retention purge, partitions off",
                     lambda u: retention_purge(u, now, days, work, partition_action="off"),
+                )
+            )
+        elif args.workers > 1:
+            units = {"sweep_unit_blocks": 2048}
+            approaches[1] = (
+                "retention purge, 1 worker",
+                lambda u: retention_purge(u, now, days, work, delete_strategy="blocks", **units),
+            )
+            approaches.append(
+                (
+                    f"retention purge, {args.workers} workers",
+                    lambda u: with_helpers(u, now, days, work, args.workers - 1, **units),
                 )
             )
         else:

@@ -14,10 +14,11 @@ Only logs and dataset targets sweep this way; experiments go whole, by their own
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -33,10 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import DateTime, Text, UserDefinedType
 
-from .db import timed_out
 from .models import ObjectType, Target
 from .tables import DataPlaneTables
 
@@ -54,35 +53,89 @@ class TID(UserDefinedType[str]):
 
 
 @dataclass(frozen=True)
+class SweepTarget:
+    """What a bulk batch needs of a target: its rows' key, its cutoff, its receipt fields."""
+
+    key: str
+    project_id: UUID
+    object_type: ObjectType
+    cutoff: datetime
+    retention_days: float | None
+    policy_source: str
+
+    @classmethod
+    def of(cls, target: Target) -> SweepTarget:
+        r = target.resolution
+        assert r.cutoff is not None
+        return cls(
+            key=target.key,
+            project_id=target.project_id,
+            object_type=target.object_type,
+            cutoff=r.cutoff,
+            retention_days=r.retention_days,
+            policy_source=r.winner.describe() if r.winner else "",
+        )
+
+
+@dataclass(frozen=True)
 class SweepSet:
     """The targets one batch deletes for: arrays for the join, and held objects."""
 
-    targets: tuple[Target, ...]
+    targets: tuple[SweepTarget, ...]
     held: frozenset[UUID] = frozenset()
 
     @property
     def signature(self) -> str:
-        """Changes when any target, cutoff or held object changes (a resume starts over)."""
-        text = (
-            "|".join(
-                f"{t.key}@{t.resolution.cutoff.isoformat() if t.resolution.cutoff else '-'}"
-                for t in self.targets
-            )
-            + "|"
-            + ",".join(sorted(str(h) for h in self.held))
-        )
+        """Changes when any target or cutoff changes (a resumed sweep then starts over)."""
+        text = "|".join(f"{t.key}@{t.cutoff.isoformat()}" for t in self.targets)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "targets": [
+                    {
+                        "key": t.key,
+                        "project_id": str(t.project_id),
+                        "object_type": t.object_type.value,
+                        "cutoff": t.cutoff.isoformat(),
+                        "retention_days": t.retention_days,
+                        "policy_source": t.policy_source,
+                    }
+                    for t in self.targets
+                ],
+                "held": sorted(str(h) for h in self.held),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepSet:
+        doc = json.loads(text)
+        return cls(
+            targets=tuple(
+                SweepTarget(
+                    key=t["key"],
+                    project_id=UUID(t["project_id"]),
+                    object_type=ObjectType(t["object_type"]),
+                    cutoff=datetime.fromisoformat(t["cutoff"]),
+                    retention_days=t["retention_days"],
+                    policy_source=t["policy_source"],
+                )
+                for t in doc["targets"]
+            ),
+            held=frozenset(UUID(h) for h in doc["held"]),
+        )
 
 
 def sweepable(targets: Sequence[Target], types: Sequence[ObjectType] = ROW_TYPES) -> SweepSet:
     """The targets of ``types`` that have expired rows."""
-    chosen = tuple(
+    chosen = [
         t
         for t in targets
         if t.object_type in types and t.resolution.cutoff is not None and t.counts.rows
-    )
+    ]
     held = frozenset(h for t in chosen for h in t.resolution.held_object_ids)
-    return SweepSet(targets=chosen, held=held)
+    return SweepSet(targets=tuple(SweepTarget.of(t) for t in chosen), held=held)
 
 
 @dataclass
@@ -101,7 +154,7 @@ def target_arrays(sweep: SweepSet) -> Any:
             bindparam("ts", [t.object_type.value for t in sweep.targets], type_=ARRAY(Text)),
             bindparam(
                 "cs",
-                [t.resolution.cutoff for t in sweep.targets],
+                [t.cutoff for t in sweep.targets],
                 type_=ARRAY(DateTime(timezone=True)),
             ),
         )
@@ -176,81 +229,5 @@ class SweepResult:
     longest: float = 0.0  # seconds of the longest batch transaction
     waits: int = 0  # batches that timed out on a lock and were retried smaller
     note: str = ""  # why it stopped early ("" when complete)
-
-
-def run_sweep(
-    conn: Connection,
-    tables: DataPlaneTables,
-    sweep: SweepSet,
-    *,
-    start: int,
-    end: int,
-    sizer: BlockSizer,
-    should_stop: Callable[[], bool],
-    commit: Callable[[SweepSet, int, int, BlockBatch], None],
-    refresh: Callable[[SweepSet], SweepSet],
-    lock_retries: int = 5,
-    sleep: Callable[[float], None] = time.sleep,
-) -> SweepResult:
-    """Sweep from block ``start`` to ``end`` (the heap's last block when the run began).
-
-    ``commit(sweep, lo, hi, batch)`` runs inside each batch's transaction (checkpoint and
-    receipts); ``refresh`` applies holds added since the last batch. A batch that times out
-    on a lock (``lock_timeout``/``statement_timeout``) rolls back, waits and is retried over
-    fewer blocks; after ``lock_retries`` such waits in a row the sweep stops, resumable.
-    """
-    lo = start
-    longest = 0.0
-    batches = waits = streak = 0
-    began_all = time.monotonic()
-    while lo <= end:
-        if should_stop():
-            return SweepResult(False, longest, waits, "stopped")
-        sweep = refresh(sweep)
-        hi = lo + sizer.blocks
-        began = time.monotonic()
-        try:
-            with conn.begin():
-                batch = (
-                    delete_blocks(conn, tables, sweep, lo, hi) if sweep.targets else BlockBatch()
-                )
-                commit(sweep, lo, hi, batch)
-        except DBAPIError as error:
-            if not timed_out(error):
-                raise
-            waits += 1
-            streak += 1
-            if streak > lock_retries:
-                log.error("block sweep: gave up at block %d after %d lock waits", lo, waits)
-                return SweepResult(
-                    False,
-                    longest,
-                    waits,
-                    f"gave up after {waits} lock waits (rows held by another transaction); "
-                    "the next run resumes",
-                )
-            sizer.blocks = max(MIN_BLOCKS, sizer.blocks // 2)
-            pause = min(0.1 * 2**streak, 5.0)
-            log.warning(
-                "block sweep: lock or statement timeout at block %d; retrying in %.1fs "
-                "over %d blocks",
-                lo,
-                pause,
-                sizer.blocks,
-            )
-            sleep(pause)
-            continue
-        streak = 0
-        seconds = time.monotonic() - began
-        longest = max(longest, seconds)
-        sizer.update(seconds)
-        log.debug("blocks %d-%d: %d rows in %.3fs", lo, hi, batch.rows, seconds)
-        lo = hi
-        batches += 1
-    log.info(
-        "block sweep: %d blocks in %d batches, %.2fs",
-        end - start,
-        batches,
-        time.monotonic() - began_all,
-    )
-    return SweepResult(True, longest, waits)
+    rows: int = 0  # rows deleted
+    units: int = 0  # work units finished

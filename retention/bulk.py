@@ -1,33 +1,36 @@
 """The bulk paths for logs and dataset rows on PostgreSQL: whole partitions, then one
-block-range sweep of the heap for every target at once.
+block-range sweep of the heap for every target at once, split into units that several
+workers of one run can share (``workqueue``).
 
-Both count into the targets' own checkpoints and write one receipt per target and batch
-(a partition or a block range) in the batch's transaction, so a run killed at any moment
-resumes with counts and receipts that match the rows gone. What is left of a target after
-them (its segments; experiments altogether) goes by the per-target path in ``deleter``.
+Both count into the targets' own checkpoints (by increments) and write one receipt per
+target and batch (a partition or a block range) in the batch's transaction, so a run killed
+at any moment resumes with counts and receipts that match the rows gone. What is left of a
+target after them (its segments; experiments altogether) goes by the per-target path in
+``deleter``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy.exc import DBAPIError
 
-from . import blocksweep, logs, partitions, state
+from . import blocksweep, logs, partitions, state, workqueue
 from .db import deadlocked, timed_out
 from .deleter import BatchContext, after_rows, apply_new_holds, initial_checkpoint
 from .models import ObjectType, Phase, Target
 from .state import Checkpoint
 
 log = logging.getLogger(__name__)
-
-SWEEP_KEY = "@events/block-sweep"
-_NO_PROJECT = UUID(int=0)
 
 PerTarget = dict[tuple[UUID, str], tuple[int, int, int, str]]  # rows, first, last, digest
 
@@ -50,17 +53,22 @@ class RowSweep:
 
 
 def _receipt(
-    target: Target, rows: int, where: str, first: int, last: int, digest: str, action: str
+    target: blocksweep.SweepTarget,
+    rows: int,
+    where: str,
+    first: int,
+    last: int,
+    digest: str,
+    action: str,
 ) -> dict[str, Any]:
     """A receipt of one bulk batch: keys are "WHERE:SEQUENCE_ID" ("blocks 0-256:17",
     "partition public.events_2026_01:4")."""
-    resolution = target.resolution
     return dict(
         project_id=target.project_id,
         object_type=target.object_type.value,
-        policy_source=resolution.winner.describe() if resolution.winner else "",
-        retention_days=resolution.retention_days,
-        cutoff=resolution.cutoff,
+        policy_source=target.policy_source,
+        retention_days=target.retention_days,
+        cutoff=target.cutoff,
         rows=rows,
         objects=0,
         segments=0,
@@ -72,63 +80,89 @@ def _receipt(
     )
 
 
-class _Tally:
-    """The checkpoints of the targets a bulk path works for."""
+def record(
+    ctx: BatchContext,
+    current: blocksweep.SweepSet,
+    where: str,
+    found: PerTarget,
+    action: str = "delete",
+) -> None:
+    """Counts and receipts of one bulk batch (call inside its transaction)."""
+    now = ctx.clock()
+    by_pair = {(t.project_id, t.object_type.value): t for t in current.targets}
+    counts, items = [], []
+    for pair, (count, first, last, digest) in sorted(found.items(), key=str):
+        target = by_pair[pair]
+        counts.append((target.key, count))
+        items.append(_receipt(target, count, where, first, last, digest, action))
+        if ctx.progress is not None:
+            ctx.progress.advance(count)
+    state.add_counts(ctx.conn, ctx.run_id, counts, clock=now)
+    state.add_receipts(ctx.conn, ctx.run_id, items, clock=now)
 
-    def __init__(self, ctx: BatchContext, sweep: blocksweep.SweepSet, found: dict[str, Checkpoint]):
+
+class _Holds:
+    """The run's leader re-reads holds before every batch: held targets leave the sweep,
+    held objects are kept."""
+
+    def __init__(self, ctx: BatchContext, targets: Sequence[Target]):
         self.ctx = ctx
-        self.marks = {t.key: initial_checkpoint(t, found.get(t.key)) for t in sweep.targets}
-        self.pairs = {(t.project_id, t.object_type.value): t.key for t in sweep.targets}
+        self.targets = {t.key: t for t in targets}
         self.held: dict[str, str] = {}  # target key -> reason, held during the run
 
-    def open(self, targets: Sequence[Target]) -> None:
-        """Every target gets a checkpoint row to count into."""
-        with self.ctx.conn.begin():
-            for target in targets:
-                self.save(target)
-
-    def save(self, target: Target) -> None:
-        state.save_checkpoint(
-            self.ctx.conn,
-            self.ctx.run_id,
-            project_id=target.project_id,
-            object_type=target.object_type.value,
-            checkpoint=self.marks[target.key],
-            clock=self.ctx.clock(),
-        )
-
-    def record(
-        self, current: blocksweep.SweepSet, where: str, found: PerTarget, action: str = "delete"
-    ) -> None:
-        """Counts and receipts of one batch (call inside its transaction)."""
-        now = self.ctx.clock()
-        counts, items = [], []
-        by_key = {t.key: t for t in current.targets}
-        for pair, (count, first, last, digest) in sorted(found.items(), key=str):
-            key = self.pairs[pair]
-            mark = self.marks[key]
-            self.marks[key] = replace(mark, rows=mark.rows + count, batches=mark.batches + 1)
-            counts.append((key, self.marks[key].rows, self.marks[key].batches))
-            items.append(_receipt(by_key[key], count, where, first, last, digest, action))
-            if self.ctx.progress is not None:
-                self.ctx.progress.advance(count)
-        state.update_counts(self.ctx.conn, self.ctx.run_id, counts, clock=now)
-        state.add_receipts(self.ctx.conn, self.ctx.run_id, items, clock=now)
-
     def refresh(self, current: blocksweep.SweepSet) -> blocksweep.SweepSet:
-        """Holds added since the last batch: held targets leave, held objects are kept."""
         if self.ctx.holds is None:
             return current
         holds = self.ctx.holds()
         kept, extra = [], set(current.held)
-        for target in current.targets:
-            updated, hold = apply_new_holds(target, holds)
+        for swept in current.targets:
+            updated, hold = apply_new_holds(self.targets[swept.key], holds)
             if hold is not None:
-                self.held[target.key] = hold.reason
+                self.held[swept.key] = hold.reason
                 continue
-            kept.append(updated)
+            self.targets[swept.key] = updated
+            kept.append(swept)
             extra |= updated.resolution.held_object_ids
         return blocksweep.SweepSet(targets=tuple(kept), held=frozenset(extra))
+
+
+def _open_checkpoints(
+    ctx: BatchContext, targets: Sequence[Target], found: dict[str, Checkpoint]
+) -> None:
+    """Every target a bulk path works for gets a checkpoint row to count into."""
+    with ctx.conn.begin():
+        for target in targets:
+            checkpoint = found.get(target.key)
+            if checkpoint is not None and checkpoint.cutoff == target.resolution.cutoff:
+                continue  # there already; other workers may be counting into it
+            state.save_checkpoint(
+                ctx.conn,
+                ctx.run_id,
+                project_id=target.project_id,
+                object_type=target.object_type.value,
+                checkpoint=initial_checkpoint(target, found.get(target.key)),
+                clock=ctx.clock(),
+            )
+
+
+def _reloaded(ctx: BatchContext, found: dict[str, Checkpoint]) -> dict[str, Checkpoint]:
+    with ctx.conn.begin():
+        return {**found, **state.load_checkpoints(ctx.conn, ctx.run_id)}
+
+
+def _in_rows_phase(targets: Sequence[Target], found: dict[str, Checkpoint]) -> list[Target]:
+    """Targets whose rows are still to go (no checkpoint, or one in the rows phase for the
+    same cutoff)."""
+    kept = []
+    for target in targets:
+        checkpoint = found.get(target.key)
+        if (
+            checkpoint is None
+            or checkpoint.phase is Phase.ROWS
+            or checkpoint.cutoff != target.resolution.cutoff
+        ):
+            kept.append(target)
+    return kept
 
 
 def drop_partitions(
@@ -139,23 +173,25 @@ def drop_partitions(
     Returns the checkpoints with the rows counted in, and how many rows went. A
     partition that cannot be locked in time is left to the row path.
     """
-    sweep = blocksweep.sweepable(targets, tuple(ObjectType))
+    chosen = _in_rows_phase(targets, found)
+    sweep = blocksweep.sweepable(chosen, tuple(ObjectType))
     if not sweep.targets:
         return found, 0
     with ctx.conn.begin():
         parts = partitions.leaves(ctx.conn, ctx.tables)
-    latest = max(t.resolution.cutoff for t in sweep.targets if t.resolution.cutoff)
+    latest = max(t.cutoff for t in sweep.targets)
     candidates = [p for p in parts if p.upper is not None and p.upper <= latest]
     if not candidates:
         return found, 0
-    tally = _Tally(ctx, sweep, found)
-    tally.open(sweep.targets)
+    swept = [t for t in chosen if t.key in {s.key for s in sweep.targets}]
+    _open_checkpoints(ctx, swept, found)
+    holds = _Holds(ctx, swept)
     current, gone, rows = sweep, 0, 0
     logs.set_action("delete")
     for part in candidates:
         if ctx.should_stop():
             break
-        current = tally.refresh(current)
+        current = holds.refresh(current)
         if not current.targets:
             break
         name = f"{part.schema}.{part.name}"
@@ -166,7 +202,8 @@ def drop_partitions(
                 if inside.kept or not inside.expired:
                     log.info("partition %s: %d rows kept; not dropped", name, inside.kept)
                     continue
-                tally.record(
+                record(
+                    ctx,
                     current,
                     f"partition {name}",
                     inside.expired,
@@ -180,15 +217,24 @@ def drop_partitions(
             continue
         gone += 1
         rows += sum(v[0] for v in inside.expired.values())
-        log.info(
-            "partition %s: %s, %d rows",
-            name,
-            "dropped" if action == "drop" else "detached",
-            sum(v[0] for v in inside.expired.values()),
-        )
+        log.info("partition %s: %s", name, "dropped" if action == "drop" else "detached")
     if gone:
         log.info("partitions: %d %s, %d rows", gone, action, rows)
-    return {**found, **tally.marks}, rows
+    return _reloaded(ctx, found), rows
+
+
+@dataclass(frozen=True)
+class Crew:
+    """This process's part in a run's block sweep."""
+
+    me: str  # worker id: host, pid and a random suffix
+    unit_blocks: int = 16_384  # heap blocks per work unit (128 MiB)
+    stale: timedelta = timedelta(seconds=60)  # a unit's owner silent this long is dead
+    poll: float = 0.2  # seconds between looks at the queue while others finish
+
+    @staticmethod
+    def worker_id() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def sweep_rows(
@@ -196,78 +242,159 @@ def sweep_rows(
     targets: Sequence[Target],
     found: dict[str, Checkpoint],
     sizer: blocksweep.BlockSizer,
+    crew: Crew,
 ) -> RowSweep:
-    """Delete the rows of every logs and dataset target in one pass over the heap."""
-    sweep = blocksweep.sweepable(targets)
-    tally = _Tally(ctx, sweep, found)
-    swept = frozenset(tally.marks)
-    previous = found.get(SWEEP_KEY)
-    same = previous is not None and previous.signature == sweep.signature
-    if not sweep.targets or (same and previous is not None and previous.phase is Phase.DONE):
-        return RowSweep(tally.marks, swept, True, tally.held, 0.0)
-    start = (previous.block or 0) if same and previous is not None else 0
-    if previous is not None and not same:
-        log.warning(
-            "block sweep: targets or cutoffs changed since the interrupted run; "
-            "sweeping from the first block again"
-        )
-    cutoff = min(t.resolution.cutoff for t in sweep.targets if t.resolution.cutoff)
-
-    def save_sweep(phase: Phase, block: int, now: datetime) -> None:
-        state.save_checkpoint(
-            ctx.conn,
-            ctx.run_id,
-            project_id=_NO_PROJECT,
-            object_type="block-sweep",
-            checkpoint=Checkpoint(
-                target=SWEEP_KEY,
-                phase=phase,
-                cutoff=cutoff,
-                cursor=None,
-                rows=0,
-                objects=0,
-                batches=0,
-                block=block,
-                signature=sweep.signature,
-            ),
-            clock=now,
-        )
-
-    def commit(
-        current: blocksweep.SweepSet, lo: int, hi: int, batch: blocksweep.BlockBatch
-    ) -> None:
-        tally.record(current, f"blocks {lo}-{hi}", batch.per_target)
-        save_sweep(Phase.ROWS, hi, ctx.clock())
-
-    tally.open(sweep.targets)
+    """Delete the rows of every logs and dataset target in one pass over the heap, with
+    any workers that join the run (the caller is the run's leader)."""
+    chosen = _in_rows_phase(targets, found)
+    sweep = blocksweep.sweepable(chosen)
+    keys = {t.key for t in sweep.targets}
+    swept_targets = [t for t in chosen if t.key in keys]
+    swept = frozenset(keys)
+    if not sweep.targets:
+        return RowSweep(found, swept, True, {}, 0.0)
+    _open_checkpoints(ctx, swept_targets, found)
     with ctx.conn.begin():
         end, _ = partitions.heap_size(ctx.conn, ctx.tables)
+        _, kept = workqueue.prepare(
+            ctx.conn, ctx.run_id, sweep, end=end, unit_blocks=crew.unit_blocks
+        )
+    if not kept:
+        log.info("block sweep: %d blocks in units of %d", end + 1, crew.unit_blocks)
+    holds = _Holds(ctx, swept_targets)
     logs.set_action("delete")
-    result = blocksweep.run_sweep(
-        ctx.conn,
-        ctx.tables,
-        sweep,
-        start=start,
-        end=end,
-        sizer=sizer,
-        should_stop=ctx.should_stop,
-        commit=commit,
-        refresh=tally.refresh,
-        lock_retries=ctx.lock_retries,
-        sleep=ctx.sleep,
-    )
+    result = work_units(ctx, crew, sizer, holds=holds)
+    marks = _reloaded(ctx, found)
     if result.complete:
         with ctx.conn.begin():
-            for target in sweep.targets:
-                phase = Phase.DONE if target.key in tally.held else after_rows(target, ctx)
-                tally.marks[target.key] = replace(tally.marks[target.key], phase=phase)
-                tally.save(target)
-            save_sweep(Phase.DONE, 0, ctx.clock())
+            for target in swept_targets:
+                phase = Phase.DONE if target.key in holds.held else after_rows(target, ctx)
+                marks[target.key] = replace(marks[target.key], phase=phase)
+                state.save_checkpoint(
+                    ctx.conn,
+                    ctx.run_id,
+                    project_id=target.project_id,
+                    object_type=target.object_type.value,
+                    checkpoint=marks[target.key],
+                    clock=ctx.clock(),
+                )
     log.info(
         "block sweep: %s, %d rows",
         "complete" if result.complete else result.note,
-        sum(c.rows for c in tally.marks.values()),
+        sum(marks[k].rows for k in swept),
     )
     return RowSweep(
-        tally.marks, swept, result.complete, tally.held, result.longest, result.waits, result.note
+        marks, swept, result.complete, holds.held, result.longest, result.waits, result.note
     )
+
+
+def work_units(
+    ctx: BatchContext,
+    crew: Crew,
+    sizer: blocksweep.BlockSizer,
+    *,
+    holds: _Holds | None = None,
+) -> blocksweep.SweepResult:
+    """Claim and sweep units until none is left. The leader (``holds`` given) also waits
+    for units other workers hold, takes over those whose owner went silent, and applies
+    holds added during the run for everyone; a helper stops when nothing is left to claim.
+    """
+    longest, waits, rows, finished = 0.0, 0, 0, 0
+    current: blocksweep.SweepSet | None = None
+    while True:
+        if ctx.should_stop():
+            return blocksweep.SweepResult(False, longest, waits, "stopped", rows, finished)
+        with ctx.conn.begin():
+            unit = workqueue.claim(ctx.conn, ctx.run_id, crew.me, crew.stale)
+            left = workqueue.remaining(ctx.conn, ctx.run_id) if unit is None else 1
+            if holds is not None:
+                current = current or workqueue.current_sweep(ctx.conn, ctx.run_id)
+                refreshed = holds.refresh(current)
+                if refreshed != current:
+                    workqueue.publish(ctx.conn, ctx.run_id, refreshed)
+                    current = refreshed
+        if unit is None:
+            if left == 0 or holds is None:
+                return blocksweep.SweepResult(True, longest, waits, "", rows, finished)
+            ctx.sleep(crew.poll)  # others are on the last units
+            continue
+        done = _work_unit(ctx, crew, sizer, unit, holds)
+        longest, waits, rows = max(longest, done.longest), waits + done.waits, rows + done.rows
+        finished += done.units
+        if done.note:
+            return blocksweep.SweepResult(False, longest, waits, done.note, rows, finished)
+        if holds is not None:
+            current = None  # re-read: a helper cannot change it, but be exact
+
+
+def _work_unit(
+    ctx: BatchContext,
+    crew: Crew,
+    sizer: blocksweep.BlockSizer,
+    unit: workqueue.Unit,
+    holds: _Holds | None,
+) -> blocksweep.SweepResult:
+    """Sweep one claimed unit from its next block; note "" when it is done or was lost."""
+    lo, longest, waits, streak, rows = unit.next_block, 0.0, 0, 0, 0
+    while lo < unit.hi:
+        if ctx.should_stop():
+            with ctx.conn.begin():
+                workqueue.release(ctx.conn, unit, crew.me)
+            return blocksweep.SweepResult(False, longest, waits, "stopped", rows)
+        hi = min(lo + sizer.blocks, unit.hi)
+        began = time.monotonic()
+        try:
+            with ctx.conn.begin():
+                if not workqueue.advance(
+                    ctx.conn, unit, crew.me, next_block=hi, rows=0, done=hi >= unit.hi
+                ):
+                    log.warning("unit %d: taken over by another worker; leaving it", unit.unit)
+                    return blocksweep.SweepResult(True, longest, waits, "", rows)
+                sweep = workqueue.current_sweep(ctx.conn, ctx.run_id)
+                if holds is not None:
+                    refreshed = holds.refresh(sweep)
+                    if refreshed != sweep:
+                        workqueue.publish(ctx.conn, ctx.run_id, refreshed)
+                        sweep = refreshed
+                batch = (
+                    blocksweep.delete_blocks(ctx.conn, ctx.tables, sweep, lo, hi)
+                    if sweep.targets
+                    else blocksweep.BlockBatch()
+                )
+                record(ctx, sweep, f"blocks {lo}-{hi}", batch.per_target)
+                workqueue.count_rows(ctx.conn, unit, batch.rows)
+        except DBAPIError as error:
+            if not timed_out(error):
+                raise
+            waits += 1
+            streak += 1
+            if streak > ctx.lock_retries:
+                log.error("block sweep: gave up at block %d after %d lock waits", lo, waits)
+                with ctx.conn.begin():
+                    workqueue.release(ctx.conn, unit, crew.me)
+                return blocksweep.SweepResult(
+                    False,
+                    longest,
+                    waits,
+                    f"gave up after {waits} lock waits (rows held by another transaction); "
+                    "the next run resumes",
+                    rows,
+                )
+            sizer.blocks = max(blocksweep.MIN_BLOCKS, sizer.blocks // 2)
+            pause = min(0.1 * 2**streak, 5.0)
+            log.warning(
+                "block sweep: lock or statement timeout at block %d; retrying in %.1fs "
+                "over %d blocks",
+                lo,
+                pause,
+                sizer.blocks,
+            )
+            ctx.sleep(pause)
+            continue
+        streak = 0
+        seconds = time.monotonic() - began
+        longest = max(longest, seconds)
+        sizer.update(seconds)
+        rows += batch.rows
+        lo = hi
+    return blocksweep.SweepResult(True, longest, waits, "", rows, 1)

@@ -195,6 +195,14 @@ def _purge_command(command: Command) -> None:
     _run_flags(run)
     run.set_defaults(handler=commands.run, dry_run=False, yes=True)
 
+    join = command(
+        "join",
+        "another worker for a running purge (PostgreSQL): claim block-sweep units of its run "
+        "until none is left; waits up to RETENTION_JOIN_WAIT for one to start",
+    )
+    join.add_argument("--format", choices=("table", "json"), default="table")
+    join.set_defaults(handler=commands.join)
+
     schedule = command(
         "schedule",
         "a foreground loop running 'run' on a cron expression (hosts without cron); serves "
@@ -247,7 +255,7 @@ def _audit_commands(command: Command) -> None:
     receipts = command("receipts", "the append-only deletion receipts")
     receipts.add_argument("--project", metavar="ID")
     receipts.add_argument("--object-type", choices=[t.value for t in ObjectType])
-    receipts.add_argument("--action", choices=("delete", "mark", "sweep", "restore"))
+    receipts.add_argument("--action", choices=("delete", "detach", "mark", "sweep", "restore"))
     receipts.add_argument("--run", type=int, metavar="N", help="receipts of one run")
     receipts.add_argument("--since", metavar="TIME", help="recorded at or after TIME (ISO 8601)")
     receipts.add_argument("--format", choices=("table", "json", "csv"), default="table")

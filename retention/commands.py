@@ -18,6 +18,7 @@ from pathlib import Path
 from uuid import UUID
 
 from . import demo, engine, maintenance, metrics, migrate, planfile, report, scheduler
+from . import join as join_module
 from . import status as status_module
 from .db import make_engine, parse_database_url, translate_errors, use_wal
 from .errors import ExitCode, RetentionError, UsageError
@@ -345,6 +346,23 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     status = done.purge.status
     return int(RUN_EXIT[status]) if status else 0
+
+
+def join(args: argparse.Namespace, settings: Settings) -> int:
+    with stop_on_signals(settings.stop_timeout.total_seconds()) as stop:
+        worker = engine.Worker.from_settings(settings, should_stop=stop)
+        done = join_module.join(worker)
+    if args.format == "json":
+        print(json.dumps(done.as_dict(), indent=2))
+    elif done.run_id is None:
+        print("Join: no running purge with block-sweep work came; nothing done")
+    else:
+        print(
+            f"Join: worker {done.worker} on run {done.run_id}: {done.rows:,} rows in "
+            f"{done.units:,} units, {done.seconds:.1f}s"
+            + ("" if done.complete else f" (stopped: {done.note})")
+        )
+    return int(ExitCode.OK if done.complete else ExitCode.PARTIAL)
 
 
 def sweep(args: argparse.Namespace, settings: Settings) -> int:

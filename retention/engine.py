@@ -427,7 +427,8 @@ def _sweep_rows(
             _, estimate = partitions.heap_size(conn, worker.tables)
         # before any ANALYZE the estimate is 0: the plan's own counts are a lower bound
         table_rows = max(estimate, sum(t.counts.total_rows for t in targets))
-        expired = sum(t.counts.rows for t in candidates.targets) - dropped
+        keys = {t.key for t in candidates.targets}
+        expired = sum(t.counts.rows for t in targets if t.key in keys) - dropped
         share = expired / max(table_rows, expired, 1)
         if table_rows < settings.block_sweep_min_rows:
             log.info("keyset batches: a small table (%d rows)", table_rows)
@@ -439,7 +440,12 @@ def _sweep_rows(
     sizer = blocksweep.BlockSizer(
         blocks=settings.sweep_blocks, target=settings.batch_target_seconds
     )
-    return bulk.sweep_rows(ctx, targets, checkpoints, sizer)
+    crew = bulk.Crew(
+        me=bulk.Crew.worker_id(),
+        unit_blocks=settings.sweep_unit_blocks,
+        stale=settings.worker_stale,
+    )
+    return bulk.sweep_rows(ctx, targets, checkpoints, sizer, crew)
 
 
 def _after_sweep(ctx: BatchContext, target: Target, rows: bulk.RowSweep) -> TargetOutcome:

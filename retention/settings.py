@@ -157,6 +157,15 @@ class Settings(BaseSettings):
     block_sweep_min_rows: int = Field(
         default=100_000, ge=0, validation_alias=_env("RETENTION_BLOCK_SWEEP_MIN_ROWS")
     )
+    sweep_unit_blocks: int = Field(  # heap blocks per work unit of the block sweep
+        default=16_384, ge=1, validation_alias=_env("RETENTION_SWEEP_UNIT_BLOCKS")
+    )
+    worker_stale: Duration = Field(
+        default=timedelta(seconds=60), validation_alias=_env("RETENTION_WORKER_STALE")
+    )
+    join_wait: Duration = Field(
+        default=timedelta(seconds=120), validation_alias=_env("RETENTION_JOIN_WAIT")
+    )
     batch_target_seconds: float = Field(
         default=0.2, gt=0, le=60, validation_alias=_env("RETENTION_BATCH_TARGET_SECONDS")
     )

@@ -88,8 +88,6 @@ checkpoints = Table(
     Column("last_segment_id", UUIDType),
     Column("segments", BigInteger, nullable=False, server_default="0"),
     Column("bytes", BigInteger, nullable=False, server_default="0"),
-    Column("last_block", BigInteger),  # block-range sweep: the next heap block
-    Column("signature", Text),  # block-range sweep: which targets and cutoffs it is for
 )
 
 receipts = Table(
@@ -188,8 +186,6 @@ class Checkpoint:
     segment_cursor: UUID | None = None
     segments: int = 0
     bytes: int = 0
-    block: int | None = None
-    signature: str | None = None
 
 
 def _record(row: Any) -> RunRecord:
@@ -328,8 +324,6 @@ def load_checkpoints(conn: Connection, run_id: int) -> dict[str, Checkpoint]:
             segment_cursor=row.last_segment_id,
             segments=int(row.segments),
             bytes=int(row.bytes),
-            block=row.last_block,
-            signature=row.signature,
         )
     return found
 
@@ -357,8 +351,6 @@ def save_checkpoint(
         "last_segment_id": checkpoint.segment_cursor,
         "segments": checkpoint.segments,
         "bytes": checkpoint.bytes,
-        "last_block": checkpoint.block,
-        "signature": checkpoint.signature,
         "updated_at": clock,
     }
     updated = conn.execute(
@@ -379,18 +371,25 @@ def save_checkpoint(
     conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=clock))
 
 
-def update_counts(
-    conn: Connection, run_id: int, counts: list[tuple[str, int, int]], *, clock: datetime
+def add_counts(
+    conn: Connection, run_id: int, counts: list[tuple[str, int]], *, clock: datetime
 ) -> None:
-    """Rows and batches of existing checkpoints, in one statement (target, rows, batches)."""
+    """Add rows (and one batch) to existing checkpoints, in key order (target, rows).
+
+    Increments, not values: several workers of one run count into the same checkpoints.
+    """
     if not counts:
         return
     statement = (
         update(checkpoints)
         .where(checkpoints.c.run_id == run_id, checkpoints.c.target == bindparam("key"))
-        .values(rows=bindparam("n"), batches=bindparam("b"), updated_at=clock)
+        .values(
+            rows=checkpoints.c.rows + bindparam("n"),
+            batches=checkpoints.c.batches + 1,
+            updated_at=clock,
+        )
     )
-    conn.execute(statement, [{"key": k, "n": n, "b": b} for k, n, b in counts])
+    conn.execute(statement, [{"key": k, "n": n} for k, n in sorted(counts)])
 
 
 def add_receipts(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,15 +14,18 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retention.blocksweep import MAX_BLOCKS, MIN_BLOCKS, BlockSizer
-from retention.bulk import SWEEP_KEY
+from retention import workqueue
+from retention.blocksweep import MAX_BLOCKS, MIN_BLOCKS, BlockSizer, SweepSet
 from retention.models import RunStatus
 from tests.conftest import engine_for
 from tests.integration.helpers import StopAfter, purge, worker
 from tests.integration.test_purge import _setup
 from tests.support import registry, surviving_rows
 
-SMALL = {"sweep_blocks": 2}  # a few blocks per batch: many batches on test-sized data
+SMALL = {
+    "sweep_blocks": 2,
+    "sweep_unit_blocks": 8,
+}  # a few blocks per batch: many batches on test-sized data
 
 
 def _receipted(engine: sa.Engine) -> tuple[int, int]:
@@ -70,7 +74,7 @@ def test_sqlite_ignores_the_block_strategy(sqlite_url: str, tmp_path: Path) -> N
     assert _receipted(engine)[1] == 0
 
 
-@pytest.mark.parametrize("stops", [1, 2, 3])
+@pytest.mark.parametrize("stops", [3, 4, 6])
 def test_a_stopped_sweep_resumes_from_its_block(pg_url: str, tmp_path: Path, stops: int) -> None:
     scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=33)
     first = purge(
@@ -81,12 +85,11 @@ def test_a_stopped_sweep_resumes_from_its_block(pg_url: str, tmp_path: Path, sto
     assert 0 < deleted < len(scenario.events) - len(expect.survivors(scenario))
     assert _receipted(engine)[0] == deleted  # receipts commit with their batch
     with engine.connect() as conn:
-        block = conn.execute(
-            sa.text("SELECT last_block FROM retention_checkpoints WHERE target = :k"),
-            {"k": SWEEP_KEY},
-        ).scalar_one()
+        progress = conn.exec_driver_sql(
+            "SELECT lo, hi, next_block FROM retention_work_units ORDER BY unit"
+        ).all()
         seen = conn.exec_driver_sql("SELECT max(id) FROM retention_receipts").scalar_one()
-    assert block > 0
+    assert any(next_block > lo for lo, _, next_block in progress)
 
     second = purge(worker(pg_url, policy_dir, delete_strategy="blocks", **SMALL))
 
@@ -105,7 +108,10 @@ def test_a_stopped_sweep_resumes_from_its_block(pg_url: str, tmp_path: Path, sto
                 {"seen": seen},
             )
         ]
-    assert resumed and min(resumed) >= block  # the resumed sweep began at its checkpoint
+    assert resumed
+    for start in resumed:  # the resumed sweep began where each unit had stopped
+        *_, next_block = next(u for u in progress if u[0] <= start < u[1])
+        assert start >= next_block
 
 
 def test_a_hold_added_before_the_resume_is_kept(pg_url: str, tmp_path: Path) -> None:
@@ -175,3 +181,69 @@ def test_block_sizer_stays_in_bounds_and_moves_toward_the_target(
         assert sizer.blocks <= blocks
     elif seconds < target * 0.99:
         assert sizer.blocks >= blocks
+
+
+def test_a_dead_workers_unit_is_taken_over(pg_url: str, tmp_path: Path) -> None:
+    scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=36)
+    first = purge(
+        worker(pg_url, policy_dir, delete_strategy="blocks", should_stop=StopAfter(4), **SMALL)
+    )
+    assert first.status is RunStatus.PARTIAL
+    with engine.begin() as conn:  # a worker claimed the next unit, then died
+        dead = conn.exec_driver_sql(
+            "UPDATE retention_work_units SET owner = 'dead-worker', "
+            "heartbeat_at = now() - interval '1 hour' "
+            "WHERE unit = (SELECT min(unit) FROM retention_work_units WHERE NOT done) "
+            "RETURNING unit"
+        ).scalar_one()
+
+    second = purge(
+        worker(pg_url, policy_dir, delete_strategy="blocks", worker_stale="30s", **SMALL)
+    )
+
+    assert second.resumed and second.status is RunStatus.SUCCEEDED
+    assert surviving_rows(engine) == expect.survivors(scenario)
+    with engine.connect() as conn:
+        done, done_by, claims = conn.execute(
+            sa.text("SELECT done, done_by, claims FROM retention_work_units WHERE unit = :u"),
+            {"u": dead},
+        ).one()
+        left = conn.exec_driver_sql(
+            "SELECT count(*) FROM retention_work_units WHERE NOT done"
+        ).scalar_one()
+    assert done and done_by != "dead-worker" and claims >= 1 and left == 0
+
+
+def test_a_worker_that_lost_its_unit_deletes_nothing_more(pg_url: str) -> None:
+    engine = engine_for(pg_url)
+    sweep = SweepSet(targets=())
+    with engine.begin() as conn:
+        run_id = conn.exec_driver_sql(
+            "INSERT INTO retention_runs (status, mode, started_at, pinned_now, plan_hash, plan) "
+            "VALUES ('running', 'purge', now(), now(), '', '{}') RETURNING id"
+        ).scalar_one()
+        workqueue.prepare(conn, run_id, sweep, end=29, unit_blocks=10)
+    stale = timedelta(seconds=30)
+    with engine.begin() as conn:
+        a = workqueue.claim(conn, run_id, "a", stale)
+    with engine.begin() as conn:
+        b = workqueue.claim(conn, run_id, "b", stale)
+    assert a is not None and b is not None and (a.unit, b.unit) == (0, 1)
+    with engine.begin() as conn:  # a live owner keeps its unit
+        assert workqueue.claim(conn, run_id, "c", stale).unit == 2  # type: ignore[union-attr]
+        conn.exec_driver_sql(
+            "UPDATE retention_work_units SET heartbeat_at = now() - interval '1 minute' "
+            "WHERE unit = 0"
+        )
+    with engine.begin() as conn:  # a's heartbeat went stale: b takes unit 0 over
+        taken = workqueue.claim(conn, run_id, "b", stale)
+    assert taken is not None and taken.unit == 0
+    with engine.begin() as conn:
+        assert not workqueue.advance(conn, a, "a", next_block=5, rows=0, done=False)
+        assert workqueue.advance(conn, taken, "b", next_block=10, rows=0, done=True)
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql(
+            "SELECT done, done_by, claims, next_block FROM retention_work_units WHERE unit = 0"
+        ).one()
+    assert tuple(row) == (True, "b", 2, 10)
+    engine.dispose()

@@ -28,6 +28,7 @@ SYSTEMD = DEPLOY / "systemd"
 CRONTAB = DEPLOY / "cron" / "retention.crontab"
 
 EXAMPLE_SECRET = "secret-example.yaml"
+INDEXED = "job-indexed.yaml"  # applied by hand for a backlog, not by kustomize
 KUSTOMIZATION = "kustomization.yaml"
 TOKEN_DIR = "/var/run/secrets/retention"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
@@ -141,11 +142,12 @@ def test_every_expected_manifest_exists() -> None:
         "cronjob.yaml",
         "job-dry-run.yaml",
         "job-migrate.yaml",
+        INDEXED,
         KUSTOMIZATION,
     }
 
 
-def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
+def test_kustomization_lists_every_manifest_but_the_examples() -> None:
     kustomization = only(KUSTOMIZATION)
     assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
     assert kustomization["kind"] == "Kustomization"
@@ -153,7 +155,7 @@ def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
     assert len(resources) == len(set(resources))
     for resource in resources:
         assert (K8S / resource).is_file(), f"kustomization lists missing {resource}"
-    expected = {p.name for p in manifest_files()} - {EXAMPLE_SECRET, KUSTOMIZATION}
+    expected = {p.name for p in manifest_files()} - {EXAMPLE_SECRET, INDEXED, KUSTOMIZATION}
     assert set(resources) == expected
     assert "namespace" not in kustomization  # left to the operator (commented out)
 
@@ -665,3 +667,17 @@ def test_readme_covers_each_way() -> None:
         "RETENTION_MAX_RUNTIME",
     ):
         assert needle in text, needle
+
+
+def test_indexed_job_runs_the_purge_on_pod_0_and_join_on_the_others() -> None:
+    job = only(INDEXED)
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] >= 2
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["command"] == ["/bin/sh", "-c"]
+    script = container["args"][0]
+    assert '"$JOB_COMPLETION_INDEX" = "0"' in script
+    assert "exec retention run" in script and "exec retention join" in script
+    budget = script.split("--max-runtime ")[1].split(";")[0]
+    assert parse_duration(budget) < spec["activeDeadlineSeconds"]

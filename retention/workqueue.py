@@ -1,0 +1,231 @@
+"""The block sweep's work queue in PostgreSQL: one run's sweep split into units (block
+ranges) that any worker of the run claims.
+
+A unit is claimed with ``FOR UPDATE SKIP LOCKED`` and owned by one worker, which renews a
+heartbeat with every batch. Every batch first moves its unit's ``next_block`` forward
+*where the worker still owns it*, in the same transaction as its deletions and receipts, so
+a worker that lost its unit (its heartbeat went stale and another worker took it over)
+deletes nothing more from it: its batch rolls back. A dead worker's unit is taken over once
+its heartbeat is older than ``RETENTION_WORKER_STALE``. Heartbeats use the database clock,
+so workers on several hosts agree on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    ForeignKey,
+    Integer,
+    Table,
+    Text,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+
+from .blocksweep import SweepSet
+from .state import metadata, runs
+from .tables import UTCDateTime
+
+_id = BigInteger().with_variant(Integer(), "sqlite")
+
+work = Table(
+    "retention_work",
+    metadata,
+    Column("run_id", _id, ForeignKey("retention_runs.id"), primary_key=True),
+    Column("signature", Text, nullable=False),
+    Column("revision", Integer, nullable=False, server_default="0"),
+    Column("sweep", Text, nullable=False),  # SweepSet.to_json()
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+units = Table(
+    "retention_work_units",
+    metadata,
+    Column("run_id", _id, ForeignKey("retention_runs.id"), primary_key=True),
+    Column("unit", Integer, primary_key=True),
+    Column("lo", BigInteger, nullable=False),
+    Column("hi", BigInteger, nullable=False),  # exclusive
+    Column("next_block", BigInteger, nullable=False),
+    Column("done", Boolean, nullable=False, server_default="false"),
+    Column("owner", Text),
+    Column("heartbeat_at", UTCDateTime),
+    Column("done_by", Text),
+    Column("rows", BigInteger, nullable=False, server_default="0"),
+    Column("batches", Integer, nullable=False, server_default="0"),
+    Column("claims", Integer, nullable=False, server_default="0"),
+)
+
+
+@dataclass(frozen=True)
+class Unit:
+    run_id: int
+    unit: int
+    lo: int
+    hi: int
+    next_block: int
+
+
+@dataclass(frozen=True)
+class Work:
+    run_id: int
+    signature: str
+    revision: int
+    sweep: SweepSet
+
+
+def load(conn: Connection, run_id: int) -> Work | None:
+    row = conn.execute(select(work).where(work.c.run_id == run_id)).first()
+    if row is None:
+        return None
+    return Work(row.run_id, row.signature, row.revision, SweepSet.from_json(row.sweep))
+
+
+def prepare(
+    conn: Connection, run_id: int, sweep: SweepSet, *, end: int, unit_blocks: int
+) -> tuple[Work, bool]:
+    """The run's work: kept when it was made for the same sweep, else made afresh over
+    blocks [0, end]. Returns (work, kept)."""
+    found = load(conn, run_id)
+    if found is not None and found.signature == sweep.signature:
+        return found, True
+    conn.execute(delete(units).where(units.c.run_id == run_id))
+    conn.execute(delete(work).where(work.c.run_id == run_id))
+    conn.execute(
+        insert(work).values(
+            run_id=run_id,
+            signature=sweep.signature,
+            revision=0,
+            sweep=sweep.to_json(),
+            updated_at=func.now(),
+        )
+    )
+    ranges = [(lo, min(lo + unit_blocks, end + 1)) for lo in range(0, end + 1, unit_blocks)]
+    conn.execute(
+        insert(units),
+        [
+            {"run_id": run_id, "unit": n, "lo": lo, "hi": hi, "next_block": lo}
+            for n, (lo, hi) in enumerate(ranges)
+        ],
+    )
+    return Work(run_id, sweep.signature, 0, sweep), False
+
+
+def publish(conn: Connection, run_id: int, sweep: SweepSet) -> int:
+    """A changed sweep (a hold added during the run) for every worker's next batch."""
+    revision = conn.execute(
+        update(work)
+        .where(work.c.run_id == run_id)
+        .values(sweep=sweep.to_json(), revision=work.c.revision + 1, updated_at=func.now())
+        .returning(work.c.revision)
+    ).scalar_one()
+    return int(revision)
+
+
+def current_sweep(conn: Connection, run_id: int) -> SweepSet:
+    text_ = conn.execute(select(work.c.sweep).where(work.c.run_id == run_id)).scalar_one()
+    return SweepSet.from_json(text_)
+
+
+def claim(conn: Connection, run_id: int, me: str, stale: timedelta) -> Unit | None:
+    """The next unit nobody live owns (call in its own short transaction)."""
+    stale_before = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, stale.total_seconds())
+    row = conn.execute(
+        select(units)
+        .where(
+            units.c.run_id == run_id,
+            units.c.done.is_(False),
+            or_(
+                units.c.owner.is_(None),
+                units.c.owner == me,
+                units.c.heartbeat_at < stale_before,
+            ),
+        )
+        .order_by(units.c.unit)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+    if row is None:
+        return None
+    conn.execute(
+        update(units)
+        .where(units.c.run_id == run_id, units.c.unit == row.unit)
+        .values(owner=me, heartbeat_at=func.now(), claims=units.c.claims + 1)
+    )
+    return Unit(run_id, row.unit, row.lo, row.hi, row.next_block)
+
+
+def advance(
+    conn: Connection, unit: Unit, me: str, *, next_block: int, rows: int, done: bool
+) -> bool:
+    """Move the unit to ``next_block`` if ``me`` still owns it (first statement of a batch;
+    it holds the unit's row until the batch commits). False: the unit was taken over."""
+    values: dict[str, object] = {
+        "next_block": next_block,
+        "heartbeat_at": func.now(),
+        "rows": units.c.rows + rows,
+        "batches": units.c.batches + 1,
+    }
+    if done:
+        values.update(done=True, done_by=me, owner=None)
+    owned = conn.execute(
+        update(units)
+        .where(units.c.run_id == unit.run_id, units.c.unit == unit.unit, units.c.owner == me)
+        .values(**values)
+        .returning(units.c.unit)
+    ).first()
+    return owned is not None
+
+
+def count_rows(conn: Connection, unit: Unit, rows: int) -> None:
+    """Rows the batch deleted, counted into its unit (same transaction as ``advance``)."""
+    conn.execute(
+        update(units)
+        .where(units.c.run_id == unit.run_id, units.c.unit == unit.unit)
+        .values(rows=units.c.rows + rows)
+    )
+
+
+def release(conn: Connection, unit: Unit, me: str) -> None:
+    """Give a unit back (a stopping worker), so another worker takes it at once."""
+    conn.execute(
+        update(units)
+        .where(units.c.run_id == unit.run_id, units.c.unit == unit.unit, units.c.owner == me)
+        .values(owner=None)
+    )
+
+
+def remaining(conn: Connection, run_id: int) -> int:
+    """Units not done yet."""
+    return int(
+        conn.execute(
+            select(func.count()).where(units.c.run_id == run_id, units.c.done.is_(False))
+        ).scalar_one()
+    )
+
+
+def open_run(conn: Connection) -> int | None:
+    """The running run whose sweep has units left (what a joining worker works on)."""
+    row = conn.execute(
+        select(work.c.run_id)
+        .join(runs, runs.c.id == work.c.run_id)
+        .where(
+            runs.c.status == "running",
+            select(units.c.unit)
+            .where(and_(units.c.run_id == work.c.run_id, units.c.done.is_(False)))
+            .exists(),
+        )
+        .order_by(work.c.run_id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else int(row.run_id)
