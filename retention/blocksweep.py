@@ -145,7 +145,8 @@ class BlockBatch:
 
 
 def target_arrays(sweep: SweepSet) -> Any:
-    """The targets as a derived table ``t (p, ty, cut)`` from three bound arrays."""
+    """The targets as a derived table ``t (p, ty, cut, i)`` from three bound arrays (``i``:
+    the target's place in ``sweep.targets``, from 1)."""
     return (
         func.unnest(
             bindparam(
@@ -158,7 +159,7 @@ def target_arrays(sweep: SweepSet) -> Any:
                 type_=ARRAY(DateTime(timezone=True)),
             ),
         )
-        .table_valued("p", "ty", "cut")
+        .table_valued("p", "ty", "cut", with_ordinality="i")
         .render_derived(name="t")
     )
 
@@ -191,20 +192,21 @@ def delete_blocks(
     deleted = (
         delete(ev)
         .where(and_(*conditions))
-        .returning(ev.c.project_id, ev.c.object_type, ev.c.sequence_id)
+        .returning(arrays.c.i, ev.c.sequence_id)  # grouping by a small int is the cheapest
         .cte("deleted")
     )
     query = select(
-        deleted.c.project_id,
-        deleted.c.object_type,
+        deleted.c.i,
         func.count(),
         func.min(deleted.c.sequence_id),
         func.max(deleted.c.sequence_id),
         keys_digest(deleted.c.sequence_id),
-    ).group_by(deleted.c.project_id, deleted.c.object_type)
+    ).group_by(deleted.c.i)
     batch = BlockBatch()
-    for project_id, object_type, count, first, last, digest in conn.execute(query):
-        batch.per_target[(project_id, object_type)] = (int(count), int(first), int(last), digest)
+    for i, count, first, last, digest in conn.execute(query):
+        target = sweep.targets[int(i) - 1]
+        pair = (target.project_id, target.object_type.value)
+        batch.per_target[pair] = (int(count), int(first), int(last), digest)
         batch.rows += int(count)
     return batch
 
@@ -216,10 +218,14 @@ class BlockSizer:
     blocks: int = 256  # 2 MiB of heap to start; grows or shrinks to the target time
     target: float = 0.2
 
-    def update(self, seconds: float) -> None:
+    def update(self, seconds: float, blocks: int | None = None) -> None:
+        """After a batch of ``blocks`` (default: a full batch) took ``seconds``."""
         if seconds <= 0:
             return
-        factor = max(0.25, min(2.0, self.target / seconds))
+        if blocks is not None and 0 < blocks < self.blocks:
+            seconds = seconds * self.blocks / blocks  # a batch cut short at a unit's end
+        # aim a little under the target: batch time is not quite linear in blocks
+        factor = max(0.25, min(2.0, 0.8 * self.target / seconds))
         self.blocks = int(max(MIN_BLOCKS, min(MAX_BLOCKS, self.blocks * factor)))
 
 

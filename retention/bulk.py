@@ -394,7 +394,7 @@ def _work_unit(
         streak = 0
         seconds = time.monotonic() - began
         longest = max(longest, seconds)
-        sizer.update(seconds)
+        sizer.update(seconds, hi - lo)
         rows += batch.rows
         lo = hi
     return blocksweep.SweepResult(True, longest, waits, "", rows, 1)

@@ -215,19 +215,26 @@ def count_target(conn: Connection, tables: DataPlaneTables, resolution: Resoluti
     """Exact counts for one target (run inside the plan's snapshot)."""
     ev = tables.events
     keep = not_held(ev.c.object_id, resolution.held_object_ids)
-    total, oldest = conn.execute(
-        select(func.count(), func.min(case((keep, ev.c.created)))).where(
+    by_row = resolution.cutoff is not None and resolution.object_type is not ObjectType.EXPERIMENT
+    # logs and datasets: one pass over the target's index entries counts both
+    expired = (
+        func.coalesce(func.sum(case((_expired_rows(tables, resolution), 1), else_=0)), 0)
+        if by_row
+        else literal(0)
+    )
+    total, oldest, rows = conn.execute(
+        select(func.count(), func.min(case((keep, ev.c.created))), expired).where(
             _target_rows(tables, resolution)
         )
     ).one()
-    rows = objects = 0
-    if resolution.cutoff is not None and total:
+    objects = 0
+    if resolution.cutoff is not None and not by_row and total:
         rows = conn.execute(
             select(func.count()).where(_expired_rows(tables, resolution))
         ).scalar_one()
     if resolution.cutoff is not None and resolution.object_type is ObjectType.EXPERIMENT:
-        expired = expired_experiments(tables, resolution).subquery()
-        objects = conn.execute(select(func.count()).select_from(expired)).scalar_one()
+        gone = expired_experiments(tables, resolution).subquery()
+        objects = conn.execute(select(func.count()).select_from(gone)).scalar_one()
     held: frozenset[UUID] = frozenset()
     if resolution.held_object_ids:
         ob = tables.objects
