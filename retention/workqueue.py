@@ -4,10 +4,11 @@ ranges) that any worker of the run claims.
 A unit is claimed with ``FOR UPDATE SKIP LOCKED`` and owned by one worker, which renews a
 heartbeat with every batch. Every batch first moves its unit's ``next_block`` forward
 *where the worker still owns it*, in the same transaction as its deletions and receipts, so
-a worker that lost its unit (its heartbeat went stale and another worker took it over)
-deletes nothing more from it: its batch rolls back. A dead worker's unit is taken over once
-its heartbeat is older than ``RETENTION_WORKER_STALE``. Heartbeats use the database clock,
-so workers on several hosts agree on it.
+a worker that lost its unit (another worker took it over) deletes nothing more from it: its
+batch rolls back. A unit is taken over when its owner's database session is gone (a dead
+process: its server process is no longer in ``pg_stat_activity``) or its heartbeat is older
+than ``RETENTION_WORKER_STALE`` (a live but stuck one). Heartbeats use the database clock,
+so workers on several hosts agree on it. Only a run that is still running hands out units.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    column,
     delete,
     func,
     insert,
     or_,
     select,
+    table,
     update,
 )
 
@@ -59,6 +62,7 @@ units = Table(
     Column("next_block", BigInteger, nullable=False),
     Column("done", Boolean, nullable=False, server_default="false"),
     Column("owner", Text),
+    Column("owner_pid", Integer),  # the owner's server process (pg_backend_pid)
     Column("heartbeat_at", UTCDateTime),
     Column("done_by", Text),
     Column("rows", BigInteger, nullable=False, server_default="0"),
@@ -97,7 +101,11 @@ def prepare(
     """The run's work: kept when it was made for the same sweep, else made afresh over
     blocks [0, end]. Returns (work, kept)."""
     found = load(conn, run_id)
-    if found is not None and found.signature == sweep.signature:
+    if found is not None and _covers(found.sweep, sweep):
+        if found.signature != sweep.signature:  # fewer targets left: the rest carry on
+            publish(conn, run_id, sweep)
+            found = load(conn, run_id)
+            assert found is not None
         return found, True
     conn.execute(delete(units).where(units.c.run_id == run_id))
     conn.execute(delete(work).where(work.c.run_id == run_id))
@@ -121,6 +129,13 @@ def prepare(
     return Work(run_id, sweep.signature, 0, sweep), False
 
 
+def _covers(old: SweepSet, new: SweepSet) -> bool:
+    """Every target of ``new`` was in ``old`` with the same cutoff: the blocks already swept
+    hold nothing more for ``new``, so its sweep can go on where ``old`` stopped."""
+    before = {(t.key, t.cutoff) for t in old.targets}
+    return all((t.key, t.cutoff) in before for t in new.targets)
+
+
 def publish(conn: Connection, run_id: int, sweep: SweepSet) -> int:
     """A changed sweep (a hold added during the run) for every worker's next batch."""
     revision = conn.execute(
@@ -140,15 +155,19 @@ def current_sweep(conn: Connection, run_id: int) -> SweepSet:
 def claim(conn: Connection, run_id: int, me: str, stale: timedelta) -> Unit | None:
     """The next unit nobody live owns (call in its own short transaction)."""
     stale_before = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, stale.total_seconds())
+    activity = table("pg_stat_activity", column("pid"))
+    running = select(runs.c.id).where(runs.c.id == run_id, runs.c.status == "running")
     row = conn.execute(
         select(units)
         .where(
             units.c.run_id == run_id,
             units.c.done.is_(False),
+            running.exists(),
             or_(
                 units.c.owner.is_(None),
                 units.c.owner == me,
                 units.c.heartbeat_at < stale_before,
+                ~select(activity.c.pid).where(activity.c.pid == units.c.owner_pid).exists(),
             ),
         )
         .order_by(units.c.unit)
@@ -160,7 +179,12 @@ def claim(conn: Connection, run_id: int, me: str, stale: timedelta) -> Unit | No
     conn.execute(
         update(units)
         .where(units.c.run_id == run_id, units.c.unit == row.unit)
-        .values(owner=me, heartbeat_at=func.now(), claims=units.c.claims + 1)
+        .values(
+            owner=me,
+            owner_pid=func.pg_backend_pid(),
+            heartbeat_at=func.now(),
+            claims=units.c.claims + 1,
+        )
     )
     return Unit(run_id, row.unit, row.lo, row.hi, row.next_block)
 
@@ -177,7 +201,7 @@ def advance(
         "batches": units.c.batches + 1,
     }
     if done:
-        values.update(done=True, done_by=me, owner=None)
+        values.update(done=True, done_by=me, owner=None, owner_pid=None)
     owned = conn.execute(
         update(units)
         .where(units.c.run_id == unit.run_id, units.c.unit == unit.unit, units.c.owner == me)
@@ -201,7 +225,7 @@ def release(conn: Connection, unit: Unit, me: str) -> None:
     conn.execute(
         update(units)
         .where(units.c.run_id == unit.run_id, units.c.unit == unit.unit, units.c.owner == me)
-        .values(owner=None)
+        .values(owner=None, owner_pid=None)
     )
 
 

@@ -190,16 +190,17 @@ def test_a_dead_workers_unit_is_taken_over(pg_url: str, tmp_path: Path) -> None:
         worker(pg_url, policy_dir, delete_strategy="blocks", should_stop=StopAfter(4), **SMALL)
     )
     assert first.status is RunStatus.PARTIAL
-    with engine.begin() as conn:  # a worker claimed the next unit, then died
+    with engine.begin() as conn:  # a worker claimed the next unit a moment ago, then died
         dead = conn.exec_driver_sql(
             "UPDATE retention_work_units SET owner = 'dead-worker', "
-            "heartbeat_at = now() - interval '1 hour' "
+            "owner_pid = 2147483647, heartbeat_at = now() "
             "WHERE unit = (SELECT min(unit) FROM retention_work_units WHERE NOT done) "
             "RETURNING unit"
         ).scalar_one()
 
     second = purge(
-        worker(pg_url, policy_dir, delete_strategy="blocks", worker_stale="30s", **SMALL)
+        # its session is gone, so there is no waiting for its heartbeat to go stale
+        worker(pg_url, policy_dir, delete_strategy="blocks", worker_stale="1h", **SMALL)
     )
 
     assert second.resumed and second.status is RunStatus.SUCCEEDED
@@ -216,35 +217,47 @@ def test_a_dead_workers_unit_is_taken_over(pg_url: str, tmp_path: Path) -> None:
 
 
 def test_a_worker_that_lost_its_unit_deletes_nothing_more(pg_url: str) -> None:
-    engine = engine_for(pg_url)
+    engine = sa.create_engine(engine_for(pg_url).url, poolclass=sa.NullPool)
     sweep = SweepSet(targets=())
     with engine.begin() as conn:
         run_id = conn.exec_driver_sql(
             "INSERT INTO retention_runs (status, mode, started_at, pinned_now, plan_hash, plan) "
             "VALUES ('running', 'purge', now(), now(), '', '{}') RETURNING id"
         ).scalar_one()
-        workqueue.prepare(conn, run_id, sweep, end=29, unit_blocks=10)
+        workqueue.prepare(conn, run_id, sweep, end=39, unit_blocks=10)
     stale = timedelta(seconds=30)
-    with engine.begin() as conn:
-        a = workqueue.claim(conn, run_id, "a", stale)
-    with engine.begin() as conn:
-        b = workqueue.claim(conn, run_id, "b", stale)
-    assert a is not None and b is not None and (a.unit, b.unit) == (0, 1)
-    with engine.begin() as conn:  # a live owner keeps its unit
-        assert workqueue.claim(conn, run_id, "c", stale).unit == 2  # type: ignore[union-attr]
-        conn.exec_driver_sql(
-            "UPDATE retention_work_units SET heartbeat_at = now() - interval '1 minute' "
-            "WHERE unit = 0"
-        )
-    with engine.begin() as conn:  # a's heartbeat went stale: b takes unit 0 over
-        taken = workqueue.claim(conn, run_id, "b", stale)
-    assert taken is not None and taken.unit == 0
-    with engine.begin() as conn:
-        assert not workqueue.advance(conn, a, "a", next_block=5, rows=0, done=False)
-        assert workqueue.advance(conn, taken, "b", next_block=10, rows=0, done=True)
+    # each worker on its own session, as in real life
+    with engine.connect() as a_conn, engine.connect() as b_conn, engine.connect() as c_conn:
+
+        def claim(conn: sa.Connection, me: str) -> workqueue.Unit | None:
+            with conn.begin():
+                return workqueue.claim(conn, run_id, me, stale)
+
+        a, b = claim(a_conn, "a"), claim(b_conn, "b")
+        assert a is not None and b is not None and (a.unit, b.unit) == (0, 1)
+        c = claim(c_conn, "c")
+        assert c is not None and c.unit == 2  # live owners keep their units
+        with b_conn.begin():  # a's heartbeat went stale (a live but stuck worker)
+            b_conn.exec_driver_sql(
+                "UPDATE retention_work_units SET heartbeat_at = now() - interval '1 minute' "
+                "WHERE unit = 0"
+            )
+        taken = claim(b_conn, "b")
+        assert taken is not None and taken.unit == 0  # b takes unit 0 over
+        with a_conn.begin():
+            assert not workqueue.advance(a_conn, a, "a", next_block=5, rows=0, done=False)
+        with b_conn.begin():
+            assert workqueue.advance(b_conn, taken, "b", next_block=10, rows=0, done=True)
+        c_conn.close()  # c dies: its session ends, and its unit is free at once
+        freed = claim(a_conn, "a")
+        assert freed is not None and freed.unit == 2
     with engine.connect() as conn:
         row = conn.exec_driver_sql(
             "SELECT done, done_by, claims, next_block FROM retention_work_units WHERE unit = 0"
         ).one()
+        conn.exec_driver_sql(f"UPDATE retention_runs SET status = 'partial' WHERE id = {run_id}")
+        conn.commit()
+        # a run that is no longer running hands out nothing
+        assert workqueue.claim(conn, run_id, "d", stale) is None
     assert tuple(row) == (True, "b", 2, 10)
     engine.dispose()

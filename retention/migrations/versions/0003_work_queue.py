@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("next_block", sa.BigInteger, nullable=False),
         sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("owner", sa.Text),
+        sa.Column("owner_pid", sa.Integer),  # the owner's server process (pg_backend_pid)
         sa.Column("heartbeat_at", UTCDateTime),
         sa.Column("done_by", sa.Text),
         sa.Column("rows", sa.BigInteger, nullable=False, server_default="0"),
