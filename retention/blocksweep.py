@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.types import DateTime, Text, UserDefinedType
 
-from .models import ObjectType, Target
+from .models import ObjectType, Resolution, Target
 from .tables import DataPlaneTables
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,26 @@ def sweepable(targets: Sequence[Target], types: Sequence[ObjectType] = ROW_TYPES
 class BlockBatch:
     rows: int = 0
     per_target: dict[tuple[UUID, str], tuple[int, int, int, str]] = field(default_factory=dict)
+
+
+def resolution_arrays(resolutions: Sequence[Resolution]) -> Any:
+    """``target_arrays`` for resolutions with cutoffs (planning: no receipts involved)."""
+    return target_arrays(
+        SweepSet(
+            targets=tuple(
+                SweepTarget(
+                    key=f"{r.project_id}/{r.object_type.value}",
+                    project_id=r.project_id,
+                    object_type=r.object_type,
+                    cutoff=r.cutoff,
+                    retention_days=r.retention_days,
+                    policy_source="",
+                )
+                for r in resolutions
+                if r.cutoff is not None
+            )
+        )
+    )
 
 
 def target_arrays(sweep: SweepSet) -> Any:

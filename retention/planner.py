@@ -26,6 +26,7 @@ from .models import (
     TargetCounts,
 )
 from .policy import Resolved, resolve, resolve_one
+from .segments import SegmentCounts
 from .tables import DataPlaneTables
 
 
@@ -126,7 +127,12 @@ def build_plan(
     resolutions = [r for r in resolved.resolutions if r.has_policy_or_hold]
     if purge_orphans:
         resolutions.extend(orphan_resolutions(orphans, policy_sets, resolved))
-    targets = tuple(Target(resolution=r, counts=_counts(conn, tables, r)) for r in resolutions)
+    many = conn.dialect.name == "postgresql"  # all logs and dataset targets at once
+    rows = dataplane.count_row_targets(conn, tables, resolutions) if many else {}
+    files = segments.count_many(conn, tables, resolutions) if many else {}
+    targets = tuple(
+        Target(resolution=r, counts=_counts(conn, tables, r, rows, files)) for r in resolutions
+    )
     orphan_rows = dataplane.rows_by_project(conn, tables, sorted(orphans))
     orphan_segments = segments.by_project(conn, tables, sorted(orphans))
     warnings = list(resolved.warnings) + _hold_warnings(conn, tables, policy_sets, now)
@@ -148,9 +154,18 @@ def build_plan(
     )
 
 
-def _counts(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> TargetCounts:
-    rows = dataplane.count_target(conn, tables, resolution)
-    files = segments.count(conn, tables, resolution)
+def _counts(
+    conn: Connection,
+    tables: DataPlaneTables,
+    resolution: Resolution,
+    rows_of: dict[tuple[UUID, str], TargetCounts],
+    files_of: dict[tuple[UUID, str], SegmentCounts],
+) -> TargetCounts:
+    key = (resolution.project_id, resolution.object_type.value)
+    found = rows_of.get(key)
+    rows = found if found is not None else dataplane.count_target(conn, tables, resolution)
+    known = files_of.get(key)
+    files = known if known is not None else segments.count(conn, tables, resolution)
     return replace(
         rows, segments=files.expired, bytes=files.bytes, straddling_segments=files.straddling
     )

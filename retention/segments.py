@@ -13,9 +13,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, false, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    case,
+    delete,
+    false,
+    func,
+    or_,
+    select,
+    update,
+)
 
-from .dataplane import expired_experiments, not_held
+from .blocksweep import resolution_arrays
+from .dataplane import batchable, expired_experiments, not_held
 from .models import ObjectType, Resolution, UnusedSegments
 from .tables import DataPlaneTables
 
@@ -84,16 +96,50 @@ def straddling(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement
     )
 
 
+def count_many(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> dict[tuple[UUID, str], SegmentCounts]:
+    """``count`` for many logs and dataset targets in one statement (PostgreSQL)."""
+    chosen = batchable(resolutions)
+    if not chosen:
+        return {}
+    sg = tables.segments
+    t = resolution_arrays(chosen)
+    gone = sg.c.max_created < t.c.cut
+    across = and_(sg.c.min_created < t.c.cut, sg.c.max_created >= t.c.cut)
+    query = (
+        select(
+            t.c.p,
+            t.c.ty,
+            func.coalesce(func.sum(case((gone, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((gone, sg.c.byte_size), else_=0)), 0),
+            func.coalesce(func.sum(case((across, 1), else_=0)), 0),
+        )
+        .select_from(t)
+        .join(
+            sg,
+            and_(sg.c.project_id == t.c.p, sg.c.object_type == t.c.ty, sg.c.state == LIVE),
+        )
+        .group_by(t.c.p, t.c.ty)
+    )
+    found = {(r.project_id, r.object_type.value): SegmentCounts() for r in chosen}
+    for project_id, object_type, files, size, straddle in conn.execute(query):
+        found[(project_id, object_type)] = SegmentCounts(int(files), int(size), int(straddle))
+    return found
+
+
 def count(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> SegmentCounts:
     sg = tables.segments
     if resolution.cutoff is None:
         return SegmentCounts()
-    found, size = conn.execute(
-        select(func.count(), func.coalesce(func.sum(sg.c.byte_size), 0)).where(
-            expired(tables, resolution), sg.c.state == LIVE
-        )
+    gone = expired(tables, resolution)
+    found, size, across = conn.execute(  # one pass over the target's live segments
+        select(
+            func.coalesce(func.sum(case((gone, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((gone, sg.c.byte_size), else_=0)), 0),
+            func.coalesce(func.sum(case((straddling(tables, resolution), 1), else_=0)), 0),
+        ).where(_of_target(tables, resolution), sg.c.state == LIVE)
     ).one()
-    across = conn.execute(select(func.count()).where(straddling(tables, resolution))).scalar_one()
     return SegmentCounts(expired=int(found), bytes=int(size), straddling=int(across))
 
 
