@@ -206,6 +206,9 @@ def delete_blocks(
         ev.c.project_id == arrays.c.p,
         ev.c.object_type == arrays.c.ty,
         ev.c.created < arrays.c.cut,
+        # the latest cutoff as a constant: partitions of a partitioned table that hold
+        # nothing older are pruned from the scan
+        ev.c.created < max(t.cutoff for t in sweep.targets),
     ]
     if sweep.held:
         conditions.append(ev.c.object_id.not_in(sorted(sweep.held)))

@@ -86,15 +86,23 @@ def record(
     where: str,
     found: PerTarget,
     action: str = "delete",
+    *,
+    whole: bool = False,
 ) -> None:
-    """Counts and receipts of one bulk batch (call inside its transaction)."""
+    """Counts and receipts of one bulk batch (call inside its transaction).
+
+    ``whole``: a partition that goes whole; its receipts name the partition as both keys
+    and carry no digest (its rows are not read one by one)."""
     now = ctx.clock()
     by_pair = {(t.project_id, t.object_type.value): t for t in current.targets}
     counts, items = [], []
     for pair, (count, first, last, digest) in sorted(found.items(), key=str):
         target = by_pair[pair]
         counts.append((target.key, count))
-        items.append(_receipt(target, count, where, first, last, digest, action))
+        item = _receipt(target, count, where, first, last, digest, action)
+        if whole:
+            item.update(first_key=where, last_key=where, keys_digest=None)
+        items.append(item)
         if ctx.progress is not None:
             ctx.progress.advance(count)
     state.add_counts(ctx.conn, ctx.run_id, counts, clock=now)
@@ -206,8 +214,9 @@ def drop_partitions(
                     ctx,
                     current,
                     f"partition {name}",
-                    inside.expired,
+                    {pair: (n, 0, 0, "") for pair, n in inside.expired.items()},
                     action="delete" if action == "drop" else "detach",
+                    whole=True,
                 )
                 partitions.remove(ctx.conn, ctx.tables, part, action)
         except DBAPIError as error:
@@ -216,7 +225,7 @@ def drop_partitions(
             log.warning("partition %s: busy (lock timeout); its rows go by the row path", name)
             continue
         gone += 1
-        rows += sum(v[0] for v in inside.expired.values())
+        rows += sum(inside.expired.values())
         log.info("partition %s: %s", name, "dropped" if action == "drop" else "detached")
     if gone:
         log.info("partitions: %d %s, %d rows", gone, action, rows)

@@ -28,8 +28,6 @@ from sqlalchemy import (
     case,
     cast,
     column,
-    exists,
-    false,
     func,
     literal,
     select,
@@ -41,7 +39,7 @@ from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.schema import DropTable
 from sqlalchemy.types import DateTime
 
-from .blocksweep import SweepSet, keys_digest, target_arrays
+from .blocksweep import SweepSet, target_arrays
 from .models import ObjectType
 from .tables import DataPlaneTables
 
@@ -57,9 +55,9 @@ class Partition:
 
 @dataclass(frozen=True)
 class PartitionContents:
-    """What a partition holds, per target: (rows, first, last sequence id, keys digest)."""
+    """What a partition holds: expired rows per target, and rows kept."""
 
-    expired: dict[tuple[UUID, str], tuple[int, int, int, str]]
+    expired: dict[tuple[UUID, str], int]
     kept: int  # rows that no target expires
 
 
@@ -134,50 +132,51 @@ def _part_table(tables: DataPlaneTables, part: Partition) -> Any:
 def contents(
     conn: Connection, tables: DataPlaneTables, part: Partition, sweep: SweepSet
 ) -> PartitionContents:
-    """Per target, the expired rows of ``part``; and how many rows nothing expires."""
+    """Per target, how many rows of ``part`` have expired; and how many rows nothing expires.
+
+    Counted per target from the index (the ``(project_id, object_type, created)`` index
+    answers logs and dataset targets without reading the heap), then against the
+    partition's total: every row not counted expired for its own target is kept.
+    """
     ev = tables.events
     rows = _part_table(tables, part)
     c = {col.key: rows.c[col.name] for col in ev.c}
-    arrays = target_arrays(sweep)
     held = c["object_id"].not_in(sorted(sweep.held)) if sweep.held else true()
-    ob = tables.objects
-    expired_experiment = exists().where(
-        ob.c.object_type == ObjectType.EXPERIMENT.value,
-        ob.c.object_id == c["object_id"],
-        ob.c.project_id == arrays.c.p,
-        ob.c.created < arrays.c.cut,
+    expired: dict[tuple[UUID, str], int] = {}
+    by_rows = SweepSet(
+        tuple(t for t in sweep.targets if t.object_type is not ObjectType.EXPERIMENT)
     )
-    past = case(
-        (c["object_type"] == ObjectType.EXPERIMENT.value, expired_experiment),
-        else_=c["created"] < arrays.c.cut,
-    )
-    gone = func.coalesce(and_(arrays.c.cut.is_not(None), past, held), false())
-    query = (
-        select(
-            c["project_id"],
-            c["object_type"],
-            case((gone, 1), else_=0).label("gone"),
-            func.count(),
-            func.min(c["sequence_id"]),
-            func.max(c["sequence_id"]),
-            keys_digest(c["sequence_id"]),
-        )
-        .select_from(
-            rows.outerjoin(
-                arrays,
-                and_(c["project_id"] == arrays.c.p, c["object_type"] == arrays.c.ty),
+    whole = SweepSet(tuple(t for t in sweep.targets if t.object_type is ObjectType.EXPERIMENT))
+    for subset, is_experiment in ((by_rows, False), (whole, True)):
+        if not subset.targets:
+            continue
+        t = target_arrays(subset)
+        if is_experiment:
+            ob = tables.objects
+            past: Any = (
+                select(ob.c.object_id)
+                .where(
+                    ob.c.object_type == ObjectType.EXPERIMENT.value,
+                    ob.c.object_id == c["object_id"],
+                    ob.c.project_id == t.c.p,
+                    ob.c.created < t.c.cut,
+                )
+                .correlate_except(ob)
+                .exists()
             )
-        )
-        .group_by(c["project_id"], c["object_type"], gone)
-    )
-    expired: dict[tuple[UUID, str], tuple[int, int, int, str]] = {}
-    kept = 0
-    for project_id, object_type, is_gone, count, first, last, digest in conn.execute(query):
-        if is_gone:
-            expired[(project_id, object_type)] = (int(count), int(first), int(last), digest)
         else:
-            kept += int(count)
-    return PartitionContents(expired=expired, kept=kept)
+            past = c["created"] < t.c.cut
+        counted = (
+            select(func.coalesce(func.sum(case((and_(past, held), 1), else_=0)), 0).label("n"))
+            .where(c["project_id"] == t.c.p, c["object_type"] == t.c.ty)
+            .lateral("n")
+        )
+        query = select(t.c.p, t.c.ty, counted.c.n).select_from(t).join(counted, true())
+        for project_id, object_type, count in conn.execute(query):
+            if count:
+                expired[(project_id, object_type)] = int(count)
+    total = int(conn.execute(select(func.count()).select_from(rows)).scalar_one())
+    return PartitionContents(expired=expired, kept=total - sum(expired.values()))
 
 
 def _ddl_table(part: Partition) -> Table:
