@@ -357,7 +357,10 @@ def _work_unit(
                 if not workqueue.advance(
                     ctx.conn, unit, crew.me, next_block=hi, rows=0, done=hi >= unit.hi
                 ):
-                    log.warning("unit %d: taken over by another worker; leaving it", unit.unit)
+                    log.warning(
+                        "unit %d: taken over by another worker, or the run stopped; leaving it",
+                        unit.unit,
+                    )
                     return blocksweep.SweepResult(True, longest, waits, "", rows)
                 sweep = workqueue.current_sweep(ctx.conn, ctx.run_id)
                 if holds is not None:

@@ -192,8 +192,9 @@ def claim(conn: Connection, run_id: int, me: str, stale: timedelta) -> Unit | No
 def advance(
     conn: Connection, unit: Unit, me: str, *, next_block: int, rows: int, done: bool
 ) -> bool:
-    """Move the unit to ``next_block`` if ``me`` still owns it (first statement of a batch;
-    it holds the unit's row until the batch commits). False: the unit was taken over."""
+    """Move the unit to ``next_block`` if ``me`` still owns it and the run still runs (first
+    statement of a batch; it holds the unit's row until the batch commits). False: the unit
+    was taken over, or the run's leader stopped it (time budget, signal)."""
     values: dict[str, object] = {
         "next_block": next_block,
         "heartbeat_at": func.now(),
@@ -204,7 +205,12 @@ def advance(
         values.update(done=True, done_by=me, owner=None, owner_pid=None)
     owned = conn.execute(
         update(units)
-        .where(units.c.run_id == unit.run_id, units.c.unit == unit.unit, units.c.owner == me)
+        .where(
+            units.c.run_id == unit.run_id,
+            units.c.unit == unit.unit,
+            units.c.owner == me,
+            select(runs.c.id).where(runs.c.id == unit.run_id, runs.c.status == "running").exists(),
+        )
         .values(**values)
         .returning(units.c.unit)
     ).first()

@@ -251,13 +251,17 @@ def test_a_worker_that_lost_its_unit_deletes_nothing_more(pg_url: str) -> None:
         c_conn.close()  # c dies: its session ends, and its unit is free at once
         freed = claim(a_conn, "a")
         assert freed is not None and freed.unit == 2
+        with b_conn.begin():  # the leader stopped the run (time budget, signal)
+            b_conn.execute(
+                sa.text("UPDATE retention_runs SET status = 'partial' WHERE id = :r"),
+                {"r": run_id},
+            )
+        with a_conn.begin():  # a's next batch in its unit deletes nothing
+            assert not workqueue.advance(a_conn, freed, "a", next_block=25, rows=0, done=False)
+        assert claim(a_conn, "a") is None  # and no unit is handed out any more
     with engine.connect() as conn:
         row = conn.exec_driver_sql(
             "SELECT done, done_by, claims, next_block FROM retention_work_units WHERE unit = 0"
         ).one()
-        conn.exec_driver_sql(f"UPDATE retention_runs SET status = 'partial' WHERE id = {run_id}")
-        conn.commit()
-        # a run that is no longer running hands out nothing
-        assert workqueue.claim(conn, run_id, "d", stale) is None
     assert tuple(row) == (True, "b", 2, 10)
     engine.dispose()
