@@ -26,8 +26,16 @@ from sqlalchemy.exc import DBAPIError
 
 from . import blocksweep, logs, partitions, state, workqueue
 from .db import deadlocked, timed_out
-from .deleter import BatchContext, after_rows, apply_new_holds, initial_checkpoint
+from .deleter import (
+    BatchContext,
+    after_rows,
+    apply_new_holds,
+    gave_up_note,
+    initial_checkpoint,
+    lock_pause,
+)
 from .models import ObjectType, Phase, Target
+from .settings import Settings
 from .state import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -245,6 +253,14 @@ class Crew:
     def worker_id() -> str:
         return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
+    @classmethod
+    def for_this_process(cls, settings: Settings) -> Crew:
+        return cls(
+            me=cls.worker_id(),
+            unit_blocks=settings.sweep_unit_blocks,
+            stale=settings.worker_stale,
+        )
+
 
 def sweep_rows(
     ctx: BatchContext,
@@ -384,16 +400,9 @@ def _work_unit(
                 log.error("block sweep: gave up at block %d after %d lock waits", lo, waits)
                 with ctx.conn.begin():
                     workqueue.release(ctx.conn, unit, crew.me)
-                return blocksweep.SweepResult(
-                    False,
-                    longest,
-                    waits,
-                    f"gave up after {waits} lock waits (rows held by another transaction); "
-                    "the next run resumes",
-                    rows,
-                )
+                return blocksweep.SweepResult(False, longest, waits, gave_up_note(waits), rows)
             sizer.blocks = max(blocksweep.MIN_BLOCKS, sizer.blocks // 2)
-            pause = min(0.1 * 2**streak, 5.0)
+            pause = lock_pause(streak)
             log.warning(
                 "block sweep: lock or statement timeout at block %d; retrying in %.1fs "
                 "over %d blocks",

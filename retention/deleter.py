@@ -46,6 +46,18 @@ class BatchContext:
     sleep: Callable[[float], None] = time.sleep
 
 
+def gave_up_note(waits: int) -> str:
+    """Why a target or the sweep stopped after ``RETENTION_LOCK_RETRIES`` timeouts in a row."""
+    return (
+        f"gave up after {waits} lock waits (rows held by another transaction); the next run resumes"
+    )
+
+
+def lock_pause(streak: int) -> float:
+    """Seconds to wait after the ``streak``-th timed-out batch in a row."""
+    return float(min(0.1 * 2**streak, 5.0))
+
+
 def initial_checkpoint(target: Target, found: Checkpoint | None) -> Checkpoint:
     """Continue from ``found`` when it was made for the same cutoff; otherwise start over.
 
@@ -232,15 +244,9 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
             streak += 1
             if streak > ctx.lock_retries:
                 log.error("target=%s: gave up after %d lock waits", target.key, waits)
-                return _outcome(
-                    target,
-                    checkpoint,
-                    f"gave up after {waits} lock waits (rows held by another transaction); "
-                    "the next run resumes",
-                    waits,
-                )
+                return _outcome(target, checkpoint, gave_up_note(waits), waits)
             step = replace(step, batch_size=max(1, step.batch_size // 2))
-            pause = min(0.1 * 2**streak, 5.0)
+            pause = lock_pause(streak)
             log.warning(
                 "target=%s: lock or statement timeout; retrying in %.1fs with batches of %d",
                 target.key,

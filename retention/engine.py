@@ -440,11 +440,7 @@ def _sweep_rows(
     sizer = blocksweep.BlockSizer(
         blocks=settings.sweep_blocks, target=settings.batch_target_seconds
     )
-    crew = bulk.Crew(
-        me=bulk.Crew.worker_id(),
-        unit_blocks=settings.sweep_unit_blocks,
-        stale=settings.worker_stale,
-    )
+    crew = bulk.Crew.for_this_process(settings)
     return bulk.sweep_rows(ctx, targets, checkpoints, sizer, crew)
 
 

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 
 from . import blocksweep, bulk, logs, migrate, workqueue
-from .db import make_engine, snapshot, translate_errors
+from .db import snapshot, translate_errors
 from .deleter import BatchContext
 from .errors import UsageError
-from .runs import check_data_plane
+from .runs import batch_engine, check_data_plane
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -52,18 +52,10 @@ def join(worker: Worker, *, poll: float = 0.25) -> JoinReport:
     settings = worker.settings
     if database.is_sqlite:
         raise UsageError("join needs PostgreSQL: the embedded SQLite database has one writer")
-    crew = bulk.Crew(
-        me=bulk.Crew.worker_id(),
-        unit_blocks=settings.sweep_unit_blocks,
-        stale=settings.worker_stale,
-    )
+    crew = bulk.Crew.for_this_process(settings)
     started = time.monotonic()
     with translate_errors(database):
-        engine = make_engine(
-            database,
-            lock_timeout=settings.lock_timeout,
-            statement_timeout=settings.statement_timeout,
-        )
+        engine = batch_engine(worker)
         try:
             with engine.connect() as conn:
                 check_data_plane(conn, worker.tables, ("events",))

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from . import dataplane, migrate, report, state
 from .db import make_engine, snapshot, translate_errors
@@ -30,6 +30,16 @@ def check_data_plane(conn: Connection, tables: DataPlaneTables, roles: Sequence[
             dataplane.check_sqlite_values(conn, tables, roles)
 
 
+def batch_engine(worker: Worker) -> Engine:
+    """An engine whose sessions carry the batches' lock and statement timeouts."""
+    settings = worker.settings
+    return make_engine(
+        worker.database,
+        lock_timeout=settings.lock_timeout,
+        statement_timeout=settings.statement_timeout,
+    )
+
+
 @contextmanager
 def locked(worker: Worker, roles: Sequence[str] = ALL_TABLES) -> Iterator[Connection]:
     """The run's one connection, holding the run lock, after the schema checks.
@@ -37,13 +47,8 @@ def locked(worker: Worker, roles: Sequence[str] = ALL_TABLES) -> Iterator[Connec
     Driver errors inside the block are translated (exit 4); a second run exits 7.
     """
     database = worker.database
-    settings = worker.settings
     with translate_errors(database):
-        engine = make_engine(
-            database,
-            lock_timeout=settings.lock_timeout,
-            statement_timeout=settings.statement_timeout,
-        )
+        engine = batch_engine(worker)
         try:
             with state.run_lock(engine, database) as conn:
                 check_data_plane(conn, worker.tables, roles)
