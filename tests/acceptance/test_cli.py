@@ -236,6 +236,11 @@ def test_bad_settings_are_exit_2(tmp_path: Path) -> None:
         ({"RETENTION_MAX_RUNTIME": "soon"}, "RETENTION_MAX_RUNTIME"),
         ({"RETENTION_NOW": "2026-11-01T00:00:00"}, "RETENTION_NOW"),
         ({"RETENTION_POLICY_DIR": str(tmp_path / "missing")}, "does not exist"),
+        ({"RETENTION_DELETE_STRATEGY": "fastest"}, "RETENTION_DELETE_STRATEGY"),
+        ({"RETENTION_PARTITION_ACTION": "truncate"}, "RETENTION_PARTITION_ACTION"),
+        ({"RETENTION_BLOCK_SWEEP_FRACTION": "1.5"}, "RETENTION_BLOCK_SWEEP_FRACTION"),
+        ({"RETENTION_SWEEP_UNIT_BLOCKS": "0"}, "RETENTION_SWEEP_UNIT_BLOCKS"),
+        ({"RETENTION_WORKER_STALE": "later"}, "RETENTION_WORKER_STALE"),
     ]
     for extra, fragment in cases:
         env = clean_env(RETENTION_STATE_DIR=str(tmp_path), **extra)

@@ -64,6 +64,9 @@ def test_every_strategy_deletes_exactly_what_expired(
     receipted, block_receipts = _receipted(engine)
     assert sum(o.rows for o in report.outcomes) == receipted == deleted
     assert (block_receipts > 0) is sweeps
+    timings = report.timings  # the JSON report's "timings": where the time went
+    assert set(timings) == {"plan", "delete", "sweep", "longest_batch"}
+    assert 0 < timings["longest_batch"] <= timings["delete"]
 
 
 def test_sqlite_ignores_the_block_strategy(sqlite_url: str, tmp_path: Path) -> None:
