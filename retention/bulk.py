@@ -146,19 +146,26 @@ def _open_checkpoints(
     ctx: BatchContext, targets: Sequence[Target], found: dict[str, Checkpoint]
 ) -> None:
     """Every target a bulk path works for gets a checkpoint row to count into."""
+    now = ctx.clock()
+    new: list[tuple[UUID, str, Checkpoint]] = []
     with ctx.conn.begin():
+        there = {**found, **state.load_checkpoints(ctx.conn, ctx.run_id)}
         for target in targets:
-            checkpoint = found.get(target.key)
-            if checkpoint is not None and checkpoint.cutoff == target.resolution.cutoff:
-                continue  # there already; other workers may be counting into it
-            state.save_checkpoint(
-                ctx.conn,
-                ctx.run_id,
-                project_id=target.project_id,
-                object_type=target.object_type.value,
-                checkpoint=initial_checkpoint(target, found.get(target.key)),
-                clock=ctx.clock(),
-            )
+            checkpoint = there.get(target.key)
+            if checkpoint is None:
+                checkpoint = initial_checkpoint(target, None)
+                new.append((target.project_id, target.object_type.value, checkpoint))
+            elif checkpoint.cutoff != target.resolution.cutoff:
+                state.save_checkpoint(
+                    ctx.conn,
+                    ctx.run_id,
+                    project_id=target.project_id,
+                    object_type=target.object_type.value,
+                    checkpoint=initial_checkpoint(target, checkpoint),
+                    clock=now,
+                )
+            # else: there already; other workers may be counting into it
+        state.insert_checkpoints(ctx.conn, ctx.run_id, new, clock=now)
 
 
 def _reloaded(ctx: BatchContext, found: dict[str, Checkpoint]) -> dict[str, Checkpoint]:
@@ -291,18 +298,13 @@ def sweep_rows(
     result = work_units(ctx, crew, sizer, holds=holds)
     marks = _reloaded(ctx, found)
     if result.complete:
+        phases = []
+        for target in swept_targets:
+            phase = Phase.DONE if target.key in holds.held else after_rows(target, ctx)
+            marks[target.key] = replace(marks[target.key], phase=phase)
+            phases.append((target.key, phase))
         with ctx.conn.begin():
-            for target in swept_targets:
-                phase = Phase.DONE if target.key in holds.held else after_rows(target, ctx)
-                marks[target.key] = replace(marks[target.key], phase=phase)
-                state.save_checkpoint(
-                    ctx.conn,
-                    ctx.run_id,
-                    project_id=target.project_id,
-                    object_type=target.object_type.value,
-                    checkpoint=marks[target.key],
-                    clock=ctx.clock(),
-                )
+            state.set_phases(ctx.conn, ctx.run_id, phases, clock=ctx.clock())
     log.info(
         "block sweep: %s, %d rows",
         "complete" if result.complete else result.note,

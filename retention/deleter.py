@@ -187,6 +187,18 @@ _STEPS = {
 }
 
 
+def _steps(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -> Checkpoint:
+    """One batch, and while a batch ends its phase short of a full batch, the next phase's
+    first batch in the same transaction: a small target (a daily run's usual case) commits
+    once, not once per phase."""
+    while True:
+        phase = checkpoint.phase
+        logs.set_action(_ACTIONS[phase])
+        checkpoint = _STEPS[phase](ctx, target, checkpoint)
+        if checkpoint.phase is phase or checkpoint.phase is Phase.DONE:
+            return checkpoint
+
+
 def apply_new_holds(target: Target, holds: Sequence[Hold]) -> tuple[Target, Hold | None]:
     """The target with holds added since planning; the hold that now covers all of it."""
     r = target.resolution
@@ -228,11 +240,10 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
                     f"held during the run: {hold.reason}",
                     waits,
                 )
-        logs.set_action(_ACTIONS[checkpoint.phase])
         try:
             began = time.monotonic()
             with step.conn.begin():
-                checkpoint = _STEPS[checkpoint.phase](step, target, checkpoint)
+                checkpoint = _steps(step, target, checkpoint)
             longest = max(longest, time.monotonic() - began)
             streak = 0
         except DBAPIError as error:

@@ -38,6 +38,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from .db import Database
 from .errors import LockedError
@@ -328,18 +329,9 @@ def load_checkpoints(conn: Connection, run_id: int) -> dict[str, Checkpoint]:
     return found
 
 
-def save_checkpoint(
-    conn: Connection,
-    run_id: int,
-    *,
-    project_id: UUID,
-    object_type: str,
-    checkpoint: Checkpoint,
-    clock: datetime,
-) -> None:
-    """Insert or update; the caller's transaction also holds the batch it describes."""
+def _checkpoint_values(checkpoint: Checkpoint, clock: datetime) -> dict[str, Any]:
     cursor = checkpoint.cursor
-    values = {
+    return {
         "phase": checkpoint.phase.value,
         "cutoff": checkpoint.cutoff,
         "last_created": cursor.created if cursor else None,
@@ -353,6 +345,44 @@ def save_checkpoint(
         "bytes": checkpoint.bytes,
         "updated_at": clock,
     }
+
+
+def insert_checkpoints(
+    conn: Connection,
+    run_id: int,
+    new: list[tuple[UUID, str, Checkpoint]],
+    *,
+    clock: datetime,
+) -> None:
+    """Checkpoints the run does not have yet (project, object type, checkpoint), in one
+    statement."""
+    if new:
+        conn.execute(
+            insert(checkpoints),
+            [
+                {
+                    "run_id": run_id,
+                    "target": checkpoint.target,
+                    "project_id": project_id,
+                    "object_type": object_type,
+                    **_checkpoint_values(checkpoint, clock),
+                }
+                for project_id, object_type, checkpoint in new
+            ],
+        )
+
+
+def save_checkpoint(
+    conn: Connection,
+    run_id: int,
+    *,
+    project_id: UUID,
+    object_type: str,
+    checkpoint: Checkpoint,
+    clock: datetime,
+) -> None:
+    """Insert or update; the caller's transaction also holds the batch it describes."""
+    values = _checkpoint_values(checkpoint, clock)
     updated = conn.execute(
         update(checkpoints)
         .where(checkpoints.c.run_id == run_id, checkpoints.c.target == checkpoint.target)
@@ -371,6 +401,20 @@ def save_checkpoint(
     conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=clock))
 
 
+def set_phases(
+    conn: Connection, run_id: int, phases: list[tuple[str, Phase]], *, clock: datetime
+) -> None:
+    """Move existing checkpoints (target key, phase) on, in one statement."""
+    if phases:
+        conn.execute(
+            update(checkpoints)
+            .where(checkpoints.c.run_id == run_id, checkpoints.c.target == bindparam("key"))
+            .values(phase=bindparam("phase"), updated_at=clock),
+            [{"key": k, "phase": p.value} for k, p in phases],
+        )
+        conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=clock))
+
+
 def add_counts(
     conn: Connection, run_id: int, counts: list[tuple[str, int]], *, clock: datetime
 ) -> None:
@@ -379,6 +423,37 @@ def add_counts(
     Increments, not values: several workers of one run count into the same checkpoints.
     """
     if not counts:
+        return
+    ordered = sorted(counts)
+    if conn.dialect.name == "postgresql":  # two statements, whatever the number of targets
+        # lock in key order first: workers of one run count into the same rows, and the
+        # UPDATE's own join would take them in whatever order its plan reads them
+        conn.execute(
+            select(checkpoints.c.target)
+            .where(
+                checkpoints.c.run_id == run_id,
+                checkpoints.c.target.in_([k for k, _ in ordered]),
+            )
+            .order_by(checkpoints.c.target)
+            .with_for_update()
+        ).all()
+        added = (
+            func.unnest(
+                bindparam("keys", [k for k, _ in ordered], type_=ARRAY(Text)),
+                bindparam("ns", [n for _, n in ordered], type_=ARRAY(BigInteger)),
+            )
+            .table_valued("key", "n")
+            .render_derived(name="added")
+        )
+        conn.execute(
+            update(checkpoints)
+            .where(checkpoints.c.run_id == run_id, checkpoints.c.target == added.c.key)
+            .values(
+                rows=checkpoints.c.rows + added.c.n,
+                batches=checkpoints.c.batches + 1,
+                updated_at=clock,
+            )
+        )
         return
     statement = (
         update(checkpoints)
@@ -389,7 +464,7 @@ def add_counts(
             updated_at=clock,
         )
     )
-    conn.execute(statement, [{"key": k, "n": n} for k, n in sorted(counts)])
+    conn.execute(statement, [{"key": k, "n": n} for k, n in ordered])
 
 
 def add_receipts(
