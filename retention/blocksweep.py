@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     and_,
     bindparam,
@@ -144,8 +145,11 @@ class BlockBatch:
     per_target: dict[tuple[UUID, str], tuple[int, int, int, str]] = field(default_factory=dict)
 
 
-def resolution_arrays(resolutions: Sequence[Resolution]) -> Any:
-    """``target_arrays`` for resolutions with cutoffs (planning: no receipts involved)."""
+def resolution_arrays(
+    resolutions: Sequence[Resolution], limits: Sequence[int] | None = None
+) -> Any:
+    """``target_arrays`` for resolutions with cutoffs (planning: no receipts involved);
+    ``limits``: one number per resolution, as a fifth column ``k``."""
     return target_arrays(
         SweepSet(
             targets=tuple(
@@ -160,28 +164,26 @@ def resolution_arrays(resolutions: Sequence[Resolution]) -> Any:
                 for r in resolutions
                 if r.cutoff is not None
             )
-        )
+        ),
+        limits,
     )
 
 
-def target_arrays(sweep: SweepSet) -> Any:
+def target_arrays(sweep: SweepSet, limits: Sequence[int] | None = None) -> Any:
     """The targets as a derived table ``t (p, ty, cut, i)`` from three bound arrays (``i``:
-    the target's place in ``sweep.targets``, from 1)."""
-    return (
-        func.unnest(
-            bindparam(
-                "ps", [t.project_id for t in sweep.targets], type_=ARRAY(PG_UUID(as_uuid=True))
-            ),
-            bindparam("ts", [t.object_type.value for t in sweep.targets], type_=ARRAY(Text)),
-            bindparam(
-                "cs",
-                [t.cutoff for t in sweep.targets],
-                type_=ARRAY(DateTime(timezone=True)),
-            ),
-        )
-        .table_valued("p", "ty", "cut", with_ordinality="i")
-        .render_derived(name="t")
-    )
+    the target's place in ``sweep.targets``, from 1); with ``limits``, ``t (p, ty, cut, k,
+    i)``."""
+    arrays = [
+        bindparam("ps", [t.project_id for t in sweep.targets], type_=ARRAY(PG_UUID(as_uuid=True))),
+        bindparam("ts", [t.object_type.value for t in sweep.targets], type_=ARRAY(Text)),
+        bindparam("cs", [t.cutoff for t in sweep.targets], type_=ARRAY(DateTime(timezone=True))),
+    ]
+    names = ["p", "ty", "cut"]
+    if limits is not None:
+        assert len(limits) == len(sweep.targets)
+        arrays.append(bindparam("ks", list(limits), type_=ARRAY(BigInteger)))
+        names.append("k")
+    return func.unnest(*arrays).table_valued(*names, with_ordinality="i").render_derived(name="t")
 
 
 def keys_digest(sequence_id: Any) -> Any:

@@ -224,38 +224,89 @@ def batchable(resolutions: Sequence[Resolution]) -> list[Resolution]:
 
 
 def count_row_targets(
-    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+    conn: Connection,
+    tables: DataPlaneTables,
+    resolutions: Sequence[Resolution],
+    max_fraction: float | None = None,
 ) -> dict[tuple[UUID, str], TargetCounts]:
-    """Exact counts of many logs and dataset targets in one statement (PostgreSQL).
+    """Exact counts of many logs and dataset targets in two statements (PostgreSQL).
 
-    For targets without object holds: each target's index range is read once (a LATERAL
-    index-only scan per target), with one round trip for all of them.
+    For targets without object holds. The expired rows are counted from each target's
+    index range (a LATERAL index-only scan per target), one round trip for all. The kept
+    rows are counted too, but with ``max_fraction`` (the guard's) only as far as the guard
+    needs: once a target keeps more than ``rows * (1 - f) / f``, deleting its expired rows
+    is within the fraction, whatever the rest, so the count stops there and ``total_rows``
+    is a lower bound (``total_exact`` false). A daily run then reads about twice its
+    expired rows of the index instead of all of it.
     """
     chosen = batchable(resolutions)
     if not chosen:
         return {}
     ev = tables.events
     arrays = resolution_arrays(chosen)
-    counts = (
-        select(
-            func.count().label("total"),
-            func.coalesce(func.sum(case((ev.c.created < arrays.c.cut, 1), else_=0)), 0).label(
-                "rows"
-            ),
-            func.min(ev.c.created).label("oldest"),
-        )
-        .where(ev.c.project_id == arrays.c.p, ev.c.object_type == arrays.c.ty)
-        .lateral("c")
-    )
-    query = select(arrays.c.p, arrays.c.ty, counts.c.total, counts.c.rows, counts.c.oldest)
-    found = {}
-    for project_id, object_type, total, rows, oldest in conn.execute(
-        query.select_from(arrays).join(counts, true())
+    of_target = and_(ev.c.project_id == arrays.c.p, ev.c.object_type == arrays.c.ty)
+    expired = (
+        select(func.count().label("rows")).where(of_target, ev.c.created < arrays.c.cut)
+    ).lateral("c")
+    oldest = select(func.min(ev.c.created)).where(of_target).scalar_subquery()
+    found: dict[tuple[UUID, str], TargetCounts] = {}
+    rows_of: dict[tuple[UUID, str], int] = {}
+    oldest_of: dict[tuple[UUID, str], datetime | None] = {}
+    for project_id, object_type, rows, first in conn.execute(
+        select(arrays.c.p, arrays.c.ty, expired.c.rows, oldest.label("oldest"))
+        .select_from(arrays)
+        .join(expired, true())
     ):
-        found[(project_id, object_type)] = TargetCounts(
-            rows=int(rows), total_rows=int(total), oldest_row=oldest
+        rows_of[(project_id, object_type)] = int(rows)
+        oldest_of[(project_id, object_type)] = first
+    limits = [
+        kept_needed(rows_of.get((r.project_id, r.object_type.value), 0), max_fraction)
+        for r in chosen
+    ]
+    bounded = resolution_arrays(chosen, limits)
+    # LIMIT may name the outer row in a LATERAL subquery: each target stops at its own k
+    first_kept = (
+        select(literal(1).label("one"))
+        .where(
+            ev.c.project_id == bounded.c.p,
+            ev.c.object_type == bounded.c.ty,
+            ev.c.created >= bounded.c.cut,
+        )
+        .limit(bounded.c.k)
+        .correlate(bounded)
+        .subquery("first_kept")
+    )
+    kept = select(func.count().label("kept")).select_from(first_kept).lateral("kept")
+    for project_id, object_type, limit, counted in conn.execute(
+        select(bounded.c.p, bounded.c.ty, bounded.c.k, kept.c.kept)
+        .select_from(bounded)
+        .join(kept, true())
+    ):
+        key = (project_id, object_type)
+        found[key] = TargetCounts(
+            rows=rows_of[key],
+            total_rows=rows_of[key] + int(counted),
+            total_exact=int(counted) < int(limit),
+            oldest_row=oldest_of[key],
         )
     return found
+
+
+EXACT = 2**62  # a limit no table reaches: count everything
+
+
+def kept_needed(rows: int, max_fraction: float | None) -> int:
+    """How many kept rows of a target with ``rows`` expired to count so that the fraction
+    guard decides exactly (a count that reaches it means the target is within the
+    fraction); ``EXACT`` without a fraction to check."""
+    if max_fraction is None:
+        return EXACT
+    if max_fraction >= 1:
+        return 1  # the guard cannot fire
+    if max_fraction <= 0 or rows == 0:
+        return 1  # any deletion fires it; nothing to delete is within it
+    bound = rows * (1 - max_fraction) / max_fraction  # kept rows below this: refused
+    return int(bound) + 2 if bound < EXACT else EXACT
 
 
 def count_target(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> TargetCounts:

@@ -99,6 +99,7 @@ def _plan(
             purge_orphans=purge_orphans,
             clock=worker.clock(),
             grace=worker.settings.grace_period,
+            max_fraction=worker.settings.max_delete_fraction,
         )
 
 

@@ -69,7 +69,8 @@ def _max_fraction(target: Target, settings: GuardSettings) -> str:
     if not c.total_rows or c.rows / c.total_rows <= settings.max_delete_fraction:
         return ""
     return (
-        f"would delete {c.rows:,} of {c.total_rows:,} rows ({c.rows / c.total_rows:.1%}), "
+        f"would delete {c.rows:,} of {'' if c.total_exact else 'at least '}"
+        f"{c.total_rows:,} rows ({c.rows / c.total_rows:.1%}), "
         f"more than the maximum fraction {settings.max_delete_fraction:g} "
         f"(RETENTION_MAX_DELETE_FRACTION); {OVERRIDE}"
     )

@@ -211,13 +211,14 @@ class TargetCounts:
     """What a target holds and what of it has expired, measured in one snapshot."""
 
     rows: int = 0  # expired rows (for experiments: all rows of expired experiments)
-    total_rows: int = 0  # all rows of the target
+    total_rows: int = 0  # all rows of the target (a lower bound unless total_exact)
     objects: int = 0  # expired experiments (0 for other types)
     segments: int = 0
     bytes: int = 0
     straddling_segments: int = 0
     oldest_row: datetime | None = None
     held_objects: frozenset[UUID] = frozenset()  # objects of the target that a hold keeps
+    total_exact: bool = True  # false: total_rows counted only as far as the guards need
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def target_document(target: Target, outcome: TargetOutcome | None = None) -> dic
         "held_object_ids": sorted(str(o) for o in r.held_object_ids),
         "rows": c.rows,
         "total_rows": c.total_rows,
+        "total_rows_exact": c.total_exact,
         "expired_objects": c.objects,
         "segments": c.segments,
         "bytes": c.bytes,
@@ -206,7 +207,7 @@ def _render_table(report: RunReport, *, markdown: bool) -> str:
             "-" if t["retention_days"] is None else str(t["retention_days"]),
             (t["cutoff"] or "-")[:19],
             _n(t["rows"]),
-            _n(t["total_rows"]),
+            ("" if t.get("total_rows_exact", True) else "≥") + _n(t["total_rows"]),
             _n(t.get("deleted_objects", t["expired_objects"]))
             if t["object_type"] == "experiment"
             else "",
