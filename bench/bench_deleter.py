@@ -1,7 +1,7 @@
 """The deleter against the one-statement DELETE, side by side on identical copies.
 
     python bench/bench_deleter.py [--rows 1000000] [--steady | --partitioned] [--repeat 2]
-                                  [--fast] [--memory-only] [--workers N]
+                                  [--fast] [--memory-only] [--workers N] [--connections N]
 
 Starts a throwaway PostgreSQL cluster (durable settings unless --fast), loads the reference
 schema with ROWS log rows of 50 projects interleaved on the heap, `created` uniform over 120
@@ -15,6 +15,7 @@ in the same run, with the longest transaction of each.
                  dropping whole partitions against the same purge deleting row by row
   --memory-only  only the peak RSS of `retention purge` (compare --rows 1000000 and 10000000)
   --workers N    the backlog purged by 1 worker against N (`retention join` helpers) on one run
+  --connections N  also the backlog purged with RETENTION_SWEEP_CONNECTIONS=N (default 2)
 
 Also: the dry run against an exact grouped count(*) of the expired rows. Not part of the
 test command.
@@ -239,6 +240,52 @@ def load(tmpl: str, rows: int, partitioned: bool) -> dt.datetime:
     return now
 
 
+def _approaches(
+    args: argparse.Namespace, now: dt.datetime, days: int, work: Path, cutoff: dt.datetime
+) -> list[tuple[str, Callable[[str], dict[str, float]]]]:
+    """The approaches of this run, each a function of a copy's URL."""
+    approaches: list[tuple[str, Callable[[str], dict[str, float]]]] = [
+        ("one DELETE statement", lambda u: one_statement(u, cutoff)),
+        ("retention purge (auto)", lambda u: retention_purge(u, now, days, work)),
+    ]
+    if args.partitioned:
+        approaches.append(
+            (
+                "retention purge, partitions off",
+                lambda u: retention_purge(u, now, days, work, partition_action="off"),
+            )
+        )
+    elif args.workers > 1:
+        units = {"sweep_unit_blocks": 2048}
+        approaches[1] = (
+            "retention purge, 1 worker",
+            lambda u: retention_purge(u, now, days, work, delete_strategy="blocks", **units),
+        )
+        approaches.append(
+            (
+                f"retention purge, {args.workers} workers",
+                lambda u: with_helpers(u, now, days, work, args.workers - 1, **units),
+            )
+        )
+    else:
+        approaches.append(
+            (
+                "retention purge (keyset)",
+                lambda u: retention_purge(u, now, days, work, delete_strategy="keyset"),
+            )
+        )
+        if args.connections > 1 and not args.steady:
+            approaches.append(
+                (
+                    f"retention purge, {args.connections} connections",
+                    lambda u: retention_purge(
+                        u, now, days, work, sweep_connections=args.connections
+                    ),
+                )
+            )
+    return approaches
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -250,6 +297,12 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument(
         "--workers", type=int, default=1, help="also the purge with N workers on one run"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=2,
+        help="also the purge with RETENTION_SWEEP_CONNECTIONS=N (backlog; 1: not)",
     )
     args = parser.parse_args()
     days = 119 if args.steady else 60
@@ -271,36 +324,7 @@ def main() -> None:
             print(f"peak RSS of 'retention purge' over {args.rows} rows: {rss:.0f} MiB")
             return
         cutoff = now - dt.timedelta(days=days)
-        approaches: list[tuple[str, Callable[[str], dict[str, float]]]] = [
-            ("one DELETE statement", lambda u: one_statement(u, cutoff)),
-            ("retention purge (auto)", lambda u: retention_purge(u, now, days, work)),
-        ]
-        if args.partitioned:
-            approaches.append(
-                (
-                    "retention purge, partitions off",
-                    lambda u: retention_purge(u, now, days, work, partition_action="off"),
-                )
-            )
-        elif args.workers > 1:
-            units = {"sweep_unit_blocks": 2048}
-            approaches[1] = (
-                "retention purge, 1 worker",
-                lambda u: retention_purge(u, now, days, work, delete_strategy="blocks", **units),
-            )
-            approaches.append(
-                (
-                    f"retention purge, {args.workers} workers",
-                    lambda u: with_helpers(u, now, days, work, args.workers - 1, **units),
-                )
-            )
-        else:
-            approaches.append(
-                (
-                    "retention purge (keyset)",
-                    lambda u: retention_purge(u, now, days, work, delete_strategy="keyset"),
-                )
-            )
+        approaches = _approaches(args, now, days, work, cutoff)
         results: dict[str, list[dict[str, float]]] = {}
         for rep in range(args.repeat):
             for n, (name, fn) in enumerate(approaches):

@@ -11,9 +11,11 @@ target after them (its segments; experiments altogether) goes by the per-target 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -255,6 +257,7 @@ class Crew:
     unit_blocks: int = 16_384  # heap blocks per work unit (128 MiB)
     stale: timedelta = timedelta(seconds=60)  # a unit's owner silent this long is dead
     poll: float = 0.2  # seconds between looks at the queue while others finish
+    helpers: int = 0  # more connections of this process that sweep along (threads)
 
     @staticmethod
     def worker_id() -> str:
@@ -266,6 +269,7 @@ class Crew:
             me=cls.worker_id(),
             unit_blocks=settings.sweep_unit_blocks,
             stale=settings.worker_stale,
+            helpers=settings.sweep_connections - 1,
         )
 
 
@@ -295,7 +299,7 @@ def sweep_rows(
         log.info("block sweep: %d blocks in units of %d", end + 1, crew.unit_blocks)
     holds = _Holds(ctx, swept_targets)
     logs.set_action("delete")
-    result = work_units(ctx, crew, sizer, holds=holds)
+    result = _with_helpers(ctx, crew, sizer, holds)
     marks = _reloaded(ctx, found)
     if result.complete:
         phases = []
@@ -312,6 +316,54 @@ def sweep_rows(
     )
     return RowSweep(
         marks, swept, result.complete, holds.held, result.longest, result.waits, result.note
+    )
+
+
+def _with_helpers(
+    ctx: BatchContext, crew: Crew, sizer: blocksweep.BlockSizer, holds: _Holds
+) -> blocksweep.SweepResult:
+    """The leader's ``work_units``, with ``crew.helpers`` threads claiming units of the
+    same queue on connections of their own (``RETENTION_SWEEP_CONNECTIONS``): the server
+    deletes in several backends at once. A helper is a ``retention join`` inside this
+    process; when the leader stops or fails, so do they, before it returns."""
+    if crew.helpers <= 0:
+        return work_units(ctx, crew, sizer, holds=holds)
+    done = threading.Event()
+    results: list[blocksweep.SweepResult] = []
+    errors: list[BaseException] = []
+
+    def helper(n: int) -> None:
+        try:
+            with ctx.conn.engine.connect() as conn:
+                mine = replace(
+                    ctx, conn=conn, should_stop=lambda: done.is_set() or ctx.should_stop()
+                )
+                sized = blocksweep.BlockSizer(blocks=sizer.blocks, target=sizer.target)
+                results.append(work_units(mine, replace(crew, me=f"{crew.me}/{n}"), sized))
+        except BaseException as error:  # handed to the leader's thread
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(helper, n), name=f"sweep-{n}")
+        for n in range(1, crew.helpers + 1)
+    ]
+    for thread in threads:
+        thread.start()
+    leader = replace(ctx, should_stop=lambda: bool(errors) or ctx.should_stop())
+    try:
+        result = work_units(leader, crew, sizer, holds=holds)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return replace(
+        result,
+        longest=max([result.longest] + [r.longest for r in results]),
+        waits=result.waits + sum(r.waits for r in results),
+        rows=result.rows + sum(r.rows for r in results),
+        units=result.units + sum(r.units for r in results),
     )
 
 

@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     sweep_unit_blocks: int = Field(  # heap blocks per work unit of the block sweep
         default=16_384, ge=1, validation_alias=_env("RETENTION_SWEEP_UNIT_BLOCKS")
     )
+    sweep_connections: int = Field(  # connections of one process sharing the block sweep
+        default=1, ge=1, le=16, validation_alias=_env("RETENTION_SWEEP_CONNECTIONS")
+    )
     worker_stale: Duration = Field(
         default=timedelta(seconds=60), validation_alias=_env("RETENTION_WORKER_STALE")
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,83 @@ def test_a_worker_that_lost_its_unit_deletes_nothing_more(pg_url: str) -> None:
         ).one()
     assert tuple(row) == (True, "b", 2, 10)
     engine.dispose()
+
+
+def test_helper_connections_share_the_sweep_exactly(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RETENTION_SWEEP_CONNECTIONS: threads of the leader's process claim units of the same
+    queue; the result is exact and every unit is done once, by one of them."""
+    scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=37)
+    claimed: list[tuple[str, int]] = []  # (worker, unit) of every successful claim
+    original = workqueue.claim
+
+    def claim(conn: sa.Connection, run_id: int, me: str, stale: timedelta) -> object:
+        unit = original(conn, run_id, me, stale)
+        if unit is not None:
+            claimed.append((me, unit.unit))
+        return unit
+
+    monkeypatch.setattr(workqueue, "claim", claim)
+    w = worker(
+        pg_url,
+        policy_dir,
+        delete_strategy="blocks",
+        sweep_connections=3,
+        sweep_blocks=1,
+        sweep_unit_blocks=1,
+    )
+
+    report = purge(w)
+
+    assert report.status is RunStatus.SUCCEEDED
+    assert surviving_rows(engine) == expect.survivors(scenario)
+    deleted = len(scenario.events) - len(expect.survivors(scenario))
+    assert sum(o.rows for o in report.outcomes) == _receipted(engine)[0] == deleted
+    with engine.connect() as conn:
+        units = conn.exec_driver_sql(
+            "SELECT lo, hi, next_block, done, unit FROM retention_work_units ORDER BY lo"
+        ).all()
+    assert len(units) > 3 and all(done and next_block == hi for _, hi, next_block, done, _ in units)
+    assert all(a[1] == b[0] for a, b in pairwise(units))  # no gap, no overlap
+    assert sorted(u for _, u in claimed) == sorted(u for *_, u in units)  # each claimed once
+    owners = {me for me, _ in claimed}
+    leader = min(owners, key=len)
+    assert owners <= {leader, f"{leader}/1", f"{leader}/2"}
+    assert len(owners) > 1  # the helpers took part
+
+
+def test_a_helper_connection_that_fails_fails_the_run(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper thread's error stops the leader and comes out of the purge (the next run
+    resumes); nothing is counted that was not deleted."""
+    scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=38)
+    original = workqueue.claim
+    calls: list[str] = []
+
+    def claim(conn: sa.Connection, run_id: int, me: str, stale: timedelta) -> object:
+        calls.append(me)
+        if me.endswith("/1"):
+            raise RuntimeError("helper connection broke")
+        return original(conn, run_id, me, stale)
+
+    w = worker(
+        pg_url,
+        policy_dir,
+        delete_strategy="blocks",
+        sweep_connections=2,
+        sweep_blocks=1,
+        sweep_unit_blocks=1,
+    )
+    monkeypatch.setattr(workqueue, "claim", claim)
+    with pytest.raises(RuntimeError, match="helper connection broke"):
+        purge(w)
+    monkeypatch.undo()
+    assert any(me.endswith("/1") for me in calls)
+    deleted = len(scenario.events) - len(surviving_rows(engine))
+    assert _receipted(engine)[0] == deleted
+
+    again = purge(worker(pg_url, policy_dir, delete_strategy="blocks", **SMALL))
+    assert again.resumed and again.status is RunStatus.SUCCEEDED
+    assert surviving_rows(engine) == expect.survivors(scenario)
