@@ -188,14 +188,16 @@ _STEPS = {
 
 
 def _steps(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -> Checkpoint:
-    """One batch, and while a batch ends its phase short of a full batch, the next phase's
-    first batch in the same transaction: a small target (a daily run's usual case) commits
-    once, not once per phase."""
+    """One batch; when a rows batch ends the rows phase short of a full batch, the first
+    segments batch in the same transaction: a small target (a daily run's usual case)
+    commits once, not once per phase. An experiment's registry entries always go in a
+    transaction of their own, after its rows committed: the registry is where the
+    application writes, and a wait there must not hold the rows back."""
     while True:
         phase = checkpoint.phase
         logs.set_action(_ACTIONS[phase])
         checkpoint = _STEPS[phase](ctx, target, checkpoint)
-        if checkpoint.phase is phase or checkpoint.phase is Phase.DONE:
+        if phase is not Phase.ROWS or checkpoint.phase is not Phase.SEGMENTS:
             return checkpoint
 
 

@@ -20,7 +20,17 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from . import blocksweep, bulk, logs, migrate, partitions, planfile, report, state
+from . import (
+    blocksweep,
+    bulk,
+    grouped,
+    logs,
+    migrate,
+    partitions,
+    planfile,
+    report,
+    state,
+)
 from .db import make_engine, server_now, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
 from .errors import DatabaseUnavailable, GuardError
@@ -399,12 +409,27 @@ def _delete(
             ctx, allowed, checkpoints, worker.settings.partition_action
         )
     rows = _sweep_rows(conn, ctx, worker, allowed, checkpoints, dropped)
+    longest: dict[str, float] = {}
+    if conn.dialect.name == "postgresql" and worker.settings.delete_strategy == "auto":
+        swept = rows.swept if rows is not None else frozenset()
+        pending = [
+            t for t in allowed if t.key not in swept and _has_work(ctx, t, checkpoints.get(t.key))
+        ]
+        small = grouped.eligible(pending, checkpoints, ctx.batch_size)
+        if small:
+            done = grouped.purge_small_targets(ctx, small, checkpoints)
+            checkpoints, longest = done.checkpoints, done.longest
     outcomes = []
     for target in the_plan.targets:
         if rows is not None and target.key in rows.swept:
             outcomes.append(_after_sweep(ctx, target, rows))
         else:
-            outcomes.append(_purge_or_skip(ctx, target, checkpoints.get(target.key), guarded))
+            outcome = _purge_or_skip(ctx, target, checkpoints.get(target.key), guarded)
+            if target.key in longest:
+                outcome = replace(
+                    outcome, longest_batch=max(outcome.longest_batch, longest[target.key])
+                )
+            outcomes.append(outcome)
     return outcomes
 
 
@@ -473,6 +498,13 @@ def _after_sweep(ctx: BatchContext, target: Target, rows: bulk.RowSweep) -> Targ
     )
 
 
+def _has_work(ctx: BatchContext, target: Target, found: Checkpoint | None) -> bool:
+    """Whether an unguarded target has anything to do (or a checkpoint to finish)."""
+    counts = target.counts
+    work = counts.rows or counts.objects or (counts.segments and ctx.mark_segments) or found
+    return bool(target.resolution.deletes and work)
+
+
 def _purge_or_skip(
     ctx: BatchContext, target: Target, found: Checkpoint | None, guarded: dict[str, str]
 ) -> TargetOutcome:
@@ -481,9 +513,7 @@ def _purge_or_skip(
     A skipped target still reports what earlier attempts of this run deleted from it.
     """
     reason = guarded.get(target.key, "")
-    counts = target.counts
-    work = counts.rows or counts.objects or (counts.segments and ctx.mark_segments) or found
-    if not reason and target.resolution.deletes and work:
+    if not reason and _has_work(ctx, target, found):
         return purge_target(ctx, target, found)
     if reason:
         log.warning("target=%s guarded: %s", target.key, reason)

@@ -370,6 +370,7 @@ def insert_checkpoints(
                 for project_id, object_type, checkpoint in new
             ],
         )
+        conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=clock))
 
 
 def save_checkpoint(

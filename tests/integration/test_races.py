@@ -108,7 +108,7 @@ def _purge_waits_on_a_lock(url: str, statement: str) -> Callable[[], bool]:
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND application_name = 'retention' AND wait_event_type = 'Lock' "
             "AND query ILIKE :statement",
-            statement=f"{statement}%",
+            statement=f"%{statement}%",  # also inside a WITH (a group of targets)
         )
         return bool(found == 1)
 

@@ -1,0 +1,120 @@
+"""Small targets many per transaction (PostgreSQL, ``RETENTION_DELETE_STRATEGY=auto``):
+the same exact result and receipts as target by target, in fewer transactions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from retention.models import RunStatus
+from tests.conftest import engine_for
+from tests.integration.helpers import StopAfter, purge, worker
+from tests.integration.test_purge import _setup
+from tests.support import registry, surviving_rows
+
+
+def _delete_receipts(engine: sa.Engine) -> list[tuple[str, str, int, str]]:
+    """(target, transaction id, rows, first key) of every row receipt, oldest first."""
+    with engine.connect() as conn:
+        return [
+            (f"{p}/{t}", str(x), int(n), str(k))
+            for p, t, x, n, k in conn.exec_driver_sql(
+                "SELECT project_id, object_type, xmin::text, rows, first_key "
+                "FROM retention_receipts WHERE action = 'delete' ORDER BY id"
+            )
+        ]
+
+
+@pytest.mark.parametrize("strategy", ["auto", "keyset"])
+def test_small_targets_share_transactions_with_the_same_result(
+    pg_url: str, tmp_path: Path, strategy: str
+) -> None:
+    scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=41)
+    report = purge(worker(pg_url, policy_dir, delete_strategy=strategy, batch_size=100_000))
+
+    assert report.status is RunStatus.SUCCEEDED
+    assert surviving_rows(engine) == expect.survivors(scenario)
+    assert registry(engine) == expect.registry(scenario)
+    receipts = _delete_receipts(engine)
+    deleted = len(scenario.events) - len(expect.survivors(scenario))
+    assert sum(n for _, _, n, _ in receipts) == sum(o.rows for o in report.outcomes) == deleted
+    logs_and_datasets = [r for r in receipts if not r[0].endswith("/experiment")]
+    assert len({target for target, *_ in logs_and_datasets}) == len(logs_and_datasets) > 2
+    transactions = {x for _, x, _, _ in logs_and_datasets}
+    # auto: every small target's rows in one transaction; keyset: one per target
+    assert len(transactions) == (1 if strategy == "auto" else len(logs_and_datasets))
+
+
+def test_groups_are_bounded_by_the_batch_size(pg_url: str, tmp_path: Path) -> None:
+    scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=42)
+    report = purge(worker(pg_url, policy_dir, batch_size=150))
+
+    assert report.status is RunStatus.SUCCEEDED
+    assert surviving_rows(engine) == expect.survivors(scenario)
+    receipts = _delete_receipts(engine)
+    rows_by_transaction: dict[str, int] = {}
+    for _, x, n, _ in receipts:
+        rows_by_transaction[x] = rows_by_transaction.get(x, 0) + n
+    assert max(rows_by_transaction.values()) <= 150
+    deleted = len(scenario.events) - len(expect.survivors(scenario))
+    assert sum(rows_by_transaction.values()) == deleted
+
+
+@pytest.mark.parametrize("stops", [1, 2, 3])
+def test_a_stopped_run_resumes_grouped_targets_exactly(
+    pg_url: str, tmp_path: Path, stops: int
+) -> None:
+    scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=43)
+    first = purge(worker(pg_url, policy_dir, batch_size=200, should_stop=StopAfter(stops)))
+    assert first.status is RunStatus.PARTIAL
+    second = purge(worker(pg_url, policy_dir, batch_size=200))
+    assert second.resumed and second.status is RunStatus.SUCCEEDED
+    assert surviving_rows(engine) == expect.survivors(scenario)
+    receipts = _delete_receipts(engine)
+    deleted = len(scenario.events) - len(expect.survivors(scenario))
+    assert sum(n for _, _, n, _ in receipts) == deleted
+
+
+@contextmanager
+def _locked_row(url: str, project_id: str) -> Iterator[None]:
+    """Hold a row lock on one expired log row of ``project_id``."""
+    with engine_for(url).connect() as conn:
+        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql(
+            "SELECT 1 FROM events WHERE project_id = %(p)s AND object_type = 'project_logs' "
+            "ORDER BY created LIMIT 1 FOR UPDATE",
+            {"p": project_id},
+        )
+        yield
+        conn.exec_driver_sql("ROLLBACK")
+
+
+def test_a_locked_group_falls_back_to_one_target_at_a_time(pg_url: str, tmp_path: Path) -> None:
+    scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=44)
+    locked = str(scenario.project_ids()[0])  # 30 days: its oldest log row has expired
+    with _locked_row(pg_url, locked):
+        report = purge(
+            worker(
+                pg_url,
+                policy_dir,
+                batch_size=100_000,
+                lock_timeout="0.2s",
+                lock_retries=1,
+            )
+        )
+    assert report.status is RunStatus.PARTIAL
+    notes = {o.target.key: o.note for o in report.outcomes if o.note}
+    assert list(notes) == [f"{locked}/project_logs"]
+    assert "gave up" in notes[f"{locked}/project_logs"]
+    # every other target went, one transaction each
+    receipts = _delete_receipts(engine)
+    assert len({x for _, x, _, _ in receipts}) == len(receipts)
+    assert not any(t.startswith(locked + "/project_logs") for t, *_ in receipts)
+
+    again = purge(worker(pg_url, policy_dir))
+    assert again.status is RunStatus.SUCCEEDED
+    assert surviving_rows(engine) == expect.survivors(scenario)
