@@ -120,7 +120,7 @@ def _group(
     deleted = dataplane.delete_group(
         ctx.conn, ctx.tables, [t.resolution for t in group], ctx.batch_size
     )
-    there = state.load_checkpoints(ctx.conn, ctx.run_id)
+    there = state.existing_checkpoints(ctx.conn, ctx.run_id, [t.key for t in group])
     done: dict[str, Checkpoint] = {}
     receipts: list[dict[str, Any]] = []
     new: list[tuple[Any, str, Checkpoint]] = []

@@ -347,6 +347,19 @@ def _checkpoint_values(checkpoint: Checkpoint, clock: datetime) -> dict[str, Any
     }
 
 
+def existing_checkpoints(conn: Connection, run_id: int, keys: list[str]) -> set[str]:
+    """Which of the target ``keys`` have a checkpoint in this run."""
+    if not keys:
+        return set()
+    return set(
+        conn.execute(
+            select(checkpoints.c.target).where(
+                checkpoints.c.run_id == run_id, checkpoints.c.target.in_(keys)
+            )
+        ).scalars()
+    )
+
+
 def insert_checkpoints(
     conn: Connection,
     run_id: int,
