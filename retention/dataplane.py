@@ -246,14 +246,15 @@ def count_row_targets(
     arrays = resolution_arrays(chosen)
     of_target = and_(ev.c.project_id == arrays.c.p, ev.c.object_type == arrays.c.ty)
     expired = (
-        select(func.count().label("rows")).where(of_target, ev.c.created < arrays.c.cut)
+        select(func.count().label("rows"), func.min(ev.c.created).label("oldest")).where(
+            of_target, ev.c.created < arrays.c.cut
+        )
     ).lateral("c")
-    oldest = select(func.min(ev.c.created)).where(of_target).scalar_subquery()
     found: dict[tuple[UUID, str], TargetCounts] = {}
     rows_of: dict[tuple[UUID, str], int] = {}
     oldest_of: dict[tuple[UUID, str], datetime | None] = {}
     for project_id, object_type, rows, first in conn.execute(
-        select(arrays.c.p, arrays.c.ty, expired.c.rows, oldest.label("oldest"))
+        select(arrays.c.p, arrays.c.ty, expired.c.rows, expired.c.oldest)
         .select_from(arrays)
         .join(expired, true())
     ):
@@ -265,20 +266,26 @@ def count_row_targets(
     ]
     bounded = resolution_arrays(chosen, limits)
     # LIMIT may name the outer row in a LATERAL subquery: each target stops at its own k
+    # (in index order: with nothing expired, the first kept row is the target's oldest)
     first_kept = (
-        select(literal(1).label("one"))
+        select(ev.c.created)
         .where(
             ev.c.project_id == bounded.c.p,
             ev.c.object_type == bounded.c.ty,
             ev.c.created >= bounded.c.cut,
         )
+        .order_by(ev.c.created)
         .limit(bounded.c.k)
         .correlate(bounded)
         .subquery("first_kept")
     )
-    kept = select(func.count().label("kept")).select_from(first_kept).lateral("kept")
-    for project_id, object_type, limit, counted in conn.execute(
-        select(bounded.c.p, bounded.c.ty, bounded.c.k, kept.c.kept)
+    kept = (
+        select(func.count().label("kept"), func.min(first_kept.c.created).label("oldest"))
+        .select_from(first_kept)
+        .lateral("kept")
+    )
+    for project_id, object_type, limit, counted, oldest_kept in conn.execute(
+        select(bounded.c.p, bounded.c.ty, bounded.c.k, kept.c.kept, kept.c.oldest)
         .select_from(bounded)
         .join(kept, true())
     ):
@@ -287,7 +294,7 @@ def count_row_targets(
             rows=rows_of[key],
             total_rows=rows_of[key] + int(counted),
             total_exact=int(counted) < int(limit),
-            oldest_row=oldest_of[key],
+            oldest_row=oldest_of[key] if rows_of[key] else oldest_kept,
         )
     return found
 

@@ -5,7 +5,7 @@ and the guard decides the same either way."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -58,6 +58,9 @@ def test_totals_stop_where_the_guard_is_decided(pg_url: str, tmp_path: Path) -> 
     assert (many["rows"], many["total_rows"], many["total_rows_exact"]) == (4, 10, False)
     assert (few["rows"], few["total_rows"], few["total_rows_exact"]) == (4, 7, True)
     assert (none["rows"], none["total_rows"], none["total_rows_exact"]) == (0, 1, False)
+    # the oldest row: from the expired range, or the first kept row when none expired
+    assert datetime.fromisoformat(str(many["oldest_row"])) == NOW - timedelta(days=50)
+    assert datetime.fromisoformat(str(none["oldest_row"])) == NOW - timedelta(days=1)
     # a smaller fraction needs more of the count: 4 * 0.9 / 0.1 + 2 = 38 > 20, exact again
     exact = _targets(pg_url, tmp_path, max_delete_fraction=0.1)[str(MANY)]
     assert (exact["total_rows"], exact["total_rows_exact"]) == (24, True)
