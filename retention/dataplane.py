@@ -12,6 +12,7 @@ logs and dataset rows by ``(created, sequence_id)``; experiment rows by
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from uuid import UUID
@@ -224,6 +225,39 @@ def batchable(resolutions: Sequence[Resolution]) -> list[Resolution]:
 
 
 def count_row_targets(
+    conn: Connection,
+    tables: DataPlaneTables,
+    resolutions: Sequence[Resolution],
+    max_fraction: float | None = None,
+    helper: Connection | None = None,
+) -> dict[tuple[UUID, str], TargetCounts]:
+    """``_count_row_targets``; with a ``helper`` in the same snapshot (``db.same_snapshot``),
+    half of the targets are counted on it, at the same time."""
+    chosen = batchable(resolutions)
+    if helper is None or len(chosen) < 2:
+        return _count_row_targets(conn, tables, chosen, max_fraction)
+    half = len(chosen) // 2
+    found: dict[tuple[UUID, str], TargetCounts] = {}
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            found.update(_count_row_targets(helper, tables, chosen[half:], max_fraction))
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=other, name="count")
+    thread.start()
+    try:
+        mine = _count_row_targets(conn, tables, chosen[:half], max_fraction)
+    finally:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return {**mine, **found}
+
+
+def _count_row_targets(
     conn: Connection,
     tables: DataPlaneTables,
     resolutions: Sequence[Resolution],

@@ -176,6 +176,22 @@ def snapshot(conn: Connection) -> Iterator[Connection]:
         conn.execution_options(**{SNAPSHOT_OPTION: False})
 
 
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+
+@contextmanager
+def same_snapshot(conn: Connection) -> Iterator[Connection]:
+    """Another connection of ``conn``'s engine reading in ``conn``'s snapshot (PostgreSQL,
+    with ``conn`` inside ``snapshot``): reads split over both agree exactly, as pg_dump's
+    parallel jobs do (``pg_export_snapshot``, ``SET TRANSACTION SNAPSHOT``)."""
+    exported = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
+    if not _SNAPSHOT_ID.fullmatch(exported):  # it goes into SQL text: only its own format
+        raise DatabaseError(f"unexpected snapshot id from the server: {exported[:40]!r}")
+    with conn.engine.connect() as other, snapshot(other):
+        other.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{exported}'")
+        yield other
+
+
 def server_now(conn: Connection) -> datetime:
     """The database server's clock (UTC); leaves no transaction open that it began."""
     began = not conn.in_transaction()

@@ -11,6 +11,7 @@ and the sources give the policies, so tests control all three.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from . import (
     report,
     state,
 )
-from .db import make_engine, server_now, snapshot, translate_errors
+from .db import make_engine, same_snapshot, server_now, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
 from .errors import DatabaseUnavailable, GuardError
 from .guards import GuardSettings, guard
@@ -92,6 +93,9 @@ def explain(worker: Worker) -> Resolved:
             engine.dispose()
 
 
+PARALLEL_COUNT_MIN_ROWS = 200_000  # the planner's estimate: from here the plan counts on two
+
+
 def _plan(
     conn: Connection,
     worker: Worker,
@@ -99,7 +103,12 @@ def _plan(
     now: datetime,
     purge_orphans: bool,
 ) -> Plan:
-    with snapshot(conn):  # one snapshot for every count of the plan
+    with snapshot(conn), contextlib.ExitStack() as stack:  # one snapshot for every count
+        helper = None
+        if conn.dialect.name == "postgresql" and worker.settings.plan_connections > 1:
+            _, estimate = partitions.heap_size(conn, worker.tables)
+            if estimate >= PARALLEL_COUNT_MIN_ROWS:  # worth a second session
+                helper = stack.enter_context(same_snapshot(conn))
         return build_plan(
             conn,
             worker.tables,
@@ -110,6 +119,7 @@ def _plan(
             clock=worker.clock(),
             grace=worker.settings.grace_period,
             max_fraction=worker.settings.max_delete_fraction,
+            helper=helper,
         )
 
 

@@ -120,9 +120,11 @@ def build_plan(
     clock: datetime | None = None,
     grace: timedelta = timedelta(0),
     max_fraction: float | None = None,
+    helper: Connection | None = None,
 ) -> Plan:
     """The plan; ``clock`` and ``grace`` size the pending sweep; ``max_fraction`` (the
-    guard's) lets targets' totals be counted only as far as the guard needs."""
+    guard's) lets targets' totals be counted only as far as the guard needs; a ``helper``
+    connection in the same snapshot counts half of the targets."""
     resolved, orphans = resolve_for_data_plane(
         conn, tables, policy_sets, now, min_retention_days=min_retention_days
     )
@@ -130,7 +132,9 @@ def build_plan(
     if purge_orphans:
         resolutions.extend(orphan_resolutions(orphans, policy_sets, resolved))
     many = conn.dialect.name == "postgresql"  # all logs and dataset targets at once
-    rows = dataplane.count_row_targets(conn, tables, resolutions, max_fraction) if many else {}
+    rows = (
+        dataplane.count_row_targets(conn, tables, resolutions, max_fraction, helper) if many else {}
+    )
     files = segments.count_many(conn, tables, resolutions) if many else {}
     targets = tuple(
         Target(resolution=r, counts=_counts(conn, tables, r, rows, files)) for r in resolutions

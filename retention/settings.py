@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     sweep_unit_blocks: int = Field(  # heap blocks per work unit of the block sweep
         default=16_384, ge=1, validation_alias=_env("RETENTION_SWEEP_UNIT_BLOCKS")
     )
+    plan_connections: int = Field(  # 2: a large table's counts split over two sessions
+        default=2, ge=1, le=2, validation_alias=_env("RETENTION_PLAN_CONNECTIONS")
+    )
     sweep_connections: int = Field(  # connections of one process sharing the block sweep
         default=1, ge=1, le=16, validation_alias=_env("RETENTION_SWEEP_CONNECTIONS")
     )

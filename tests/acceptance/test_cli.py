@@ -241,6 +241,8 @@ def test_bad_settings_are_exit_2(tmp_path: Path) -> None:
         ({"RETENTION_BLOCK_SWEEP_FRACTION": "1.5"}, "RETENTION_BLOCK_SWEEP_FRACTION"),
         ({"RETENTION_SWEEP_UNIT_BLOCKS": "0"}, "RETENTION_SWEEP_UNIT_BLOCKS"),
         ({"RETENTION_WORKER_STALE": "later"}, "RETENTION_WORKER_STALE"),
+        ({"RETENTION_SWEEP_CONNECTIONS": "0"}, "RETENTION_SWEEP_CONNECTIONS"),
+        ({"RETENTION_PLAN_CONNECTIONS": "3"}, "RETENTION_PLAN_CONNECTIONS"),
     ]
     for extra, fragment in cases:
         env = clean_env(RETENTION_STATE_DIR=str(tmp_path), **extra)

@@ -7,10 +7,15 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
+import pytest
+import sqlalchemy as sa
+
+from retention import dataplane, report
 from retention import engine as engine_module
-from retention import report
+from retention.db import make_engine, parse_database_url, same_snapshot, snapshot
 from retention.models import RunStatus
 from tests.conftest import engine_for
 from tests.integration.helpers import purge, worker, write_policies
@@ -91,3 +96,45 @@ def test_the_guard_refuses_exactly_the_target_over_the_fraction(
     left = surviving_rows(engine_for(pg_url))
     assert len(left) == 20 + (4 + 3) + 5
     assert not any(i.startswith("a0-old-") for i in left)
+
+
+def test_a_helper_session_reads_in_the_same_snapshot(pg_url: str) -> None:
+    """``same_snapshot``: what another session commits after the export is not seen by the
+    helper, as it is not by the exporting session; the helper cannot write."""
+    _data(pg_url)
+    engine = make_engine(parse_database_url(pg_url), read_only=True)
+    count = "SELECT count(*) FROM events"
+    try:
+        with engine.connect() as conn, snapshot(conn):
+            before = conn.exec_driver_sql(count).scalar_one()
+            with same_snapshot(conn) as helper:
+                s = Scenario()
+                s.add_event("project_logs", MANY, MANY, NOW, "late")
+                insert(engine_for(pg_url), s)  # committed by another session
+                assert helper.exec_driver_sql(count).scalar_one() == before
+                assert conn.exec_driver_sql(count).scalar_one() == before
+                with pytest.raises(sa.exc.DBAPIError, match="read-only"):
+                    helper.exec_driver_sql("DELETE FROM events")
+        with engine.connect() as fresh:
+            assert fresh.exec_driver_sql(count).scalar_one() == before + 1
+    finally:
+        engine.dispose()
+
+
+def test_a_plan_counted_on_two_sessions_is_the_same(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _data(pg_url)
+    one = _targets(pg_url, tmp_path, plan_connections=1)
+    monkeypatch.setattr(engine_module, "PARALLEL_COUNT_MIN_ROWS", 0)  # tables this small too
+    calls: list[int] = []
+    original = dataplane._count_row_targets
+
+    def counting(conn: sa.Connection, *args: Any, **kwargs: Any) -> Any:
+        calls.append(id(conn))
+        return original(conn, *args, **kwargs)
+
+    monkeypatch.setattr(dataplane, "_count_row_targets", counting)
+    two = _targets(pg_url, tmp_path, plan_connections=2)
+    assert len(set(calls)) == 2  # two sessions counted
+    assert two == one
