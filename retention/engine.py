@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
 
 from . import (
     blocksweep,
@@ -108,7 +109,13 @@ def _plan(
         if conn.dialect.name == "postgresql" and worker.settings.plan_connections > 1:
             _, estimate = partitions.heap_size(conn, worker.tables)
             if estimate >= PARALLEL_COUNT_MIN_ROWS:  # worth a second session
-                helper = stack.enter_context(same_snapshot(conn))
+                try:
+                    helper = stack.enter_context(same_snapshot(conn))
+                except OperationalError as error:  # no second session (connection limit)
+                    log.warning(
+                        "plan: counting on one session; a second one could not connect (%s)",
+                        type(error.orig).__name__,
+                    )
         return build_plan(
             conn,
             worker.tables,

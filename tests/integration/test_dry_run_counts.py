@@ -5,6 +5,8 @@ and the guard decides the same either way."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -138,3 +140,22 @@ def test_a_plan_counted_on_two_sessions_is_the_same(
     two = _targets(pg_url, tmp_path, plan_connections=2)
     assert len(set(calls)) == 2  # two sessions counted
     assert two == one
+
+
+def test_without_a_second_session_the_plan_counts_on_one(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server at its connection limit: the plan goes on with one session (the refused
+    connection is simulated: the superuser the tests run as is exempt from limits)."""
+    _data(pg_url)
+    one = _targets(pg_url, tmp_path, plan_connections=1)
+    monkeypatch.setattr(engine_module, "PARALLEL_COUNT_MIN_ROWS", 0)
+
+    @contextmanager
+    def refused(conn: sa.Connection) -> Iterator[sa.Connection]:
+        raise sa.exc.OperationalError("connect", {}, Exception("too many clients already"))
+        yield conn  # pragma: no cover
+
+    monkeypatch.setattr(engine_module, "same_snapshot", refused)
+    assert _targets(pg_url, tmp_path, plan_connections=2) == one
+    assert "counting on one session" in caplog.text
