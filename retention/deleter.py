@@ -94,17 +94,19 @@ def _save(ctx: BatchContext, target: Target, checkpoint: Checkpoint, **receipt: 
     )
     if not any(receipt.get(k) for k in ("rows", "objects", "segments")):
         return
+    state.add_receipt(ctx.conn, ctx.run_id, clock=now, **receipt_of(target, **receipt))
+
+
+def receipt_of(target: Target, **values: Any) -> dict[str, Any]:
+    """A receipt of ``target``: its policy source, days and cutoff, and ``values``."""
     resolution = target.resolution
-    state.add_receipt(
-        ctx.conn,
-        ctx.run_id,
-        clock=now,
+    return dict(
         project_id=target.project_id,
         object_type=target.object_type.value,
         policy_source=resolution.winner.describe() if resolution.winner else resolution.source,
         retention_days=resolution.retention_days,
         cutoff=resolution.cutoff,
-        **receipt,
+        **values,
     )
 
 

@@ -24,7 +24,13 @@ from sqlalchemy.exc import DBAPIError
 
 from . import dataplane, segments, state
 from .db import timed_out
-from .deleter import BatchContext, after_rows, apply_new_holds, initial_checkpoint
+from .deleter import (
+    BatchContext,
+    after_rows,
+    apply_new_holds,
+    initial_checkpoint,
+    receipt_of,
+)
 from .models import ObjectType, Phase, Target
 from .state import Checkpoint
 
@@ -181,14 +187,9 @@ def _group(
 
 
 def _receipt(target: Target, **values: Any) -> dict[str, Any]:
-    """A receipt with the fields the per-target path writes (``deleter._save``)."""
-    r = target.resolution
-    receipt: dict[str, Any] = dict(
-        project_id=target.project_id,
-        object_type=target.object_type.value,
-        policy_source=r.winner.describe() if r.winner else r.source,
-        retention_days=r.retention_days,
-        cutoff=r.cutoff,
+    """A receipt as the per-target path writes it, every column given (one statement
+    inserts the group's receipts)."""
+    columns: dict[str, Any] = dict(
         rows=0,
         objects=0,
         segments=0,
@@ -198,5 +199,4 @@ def _receipt(target: Target, **values: Any) -> dict[str, Any]:
         last_key=None,
         keys_digest=None,
     )
-    receipt.update(values)
-    return receipt
+    return receipt_of(target, **{**columns, **values})
