@@ -32,22 +32,15 @@ def _data(url: str) -> None:
     s = Scenario()
     for project, expired, kept in ((MANY, 4, 20), (FEW, 4, 3), (NONE, 0, 5)):
         s.add_object("project_logs", project, project, NOW - timedelta(days=400))
-        for i in range(expired):
-            s.add_event(
-                "project_logs",
-                project,
-                project,
-                NOW - timedelta(days=50),
-                f"{project.hex[:2]}-old-{i}",
-            )
-        for i in range(kept):
-            s.add_event(
-                "project_logs",
-                project,
-                project,
-                NOW - timedelta(days=1),
-                f"{project.hex[:2]}-new-{i}",
-            )
+        for n, days, tag in ((expired, 50, "old"), (kept, 1, "new")):
+            for i in range(n):
+                s.add_event(
+                    "project_logs",
+                    project,
+                    project,
+                    NOW - timedelta(days=days),
+                    f"{project.hex[:2]}-{tag}-{i}",
+                )
     insert(engine_for(url), s)
 
 
