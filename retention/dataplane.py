@@ -24,7 +24,9 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     case,
+    column,
     delete,
     exists,
     false,
@@ -34,9 +36,11 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    table,
     true,
     type_coerce,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from .blocksweep import resolution_arrays
 from .errors import SchemaError
@@ -46,17 +50,82 @@ from .tables import REQUIRED_COLUMNS, DataPlaneTables
 
 def check_schema(conn: Connection, tables: DataPlaneTables, roles: Iterable[str]) -> None:
     """Fail closed, naming the table or column, when the data plane lacks what we need."""
-    inspector = inspect(conn)
-    for role in roles:
-        table = tables.by_role(role)
-        shown = f"{table.schema}.{table.name}" if table.schema else table.name
-        if not inspector.has_table(table.name, schema=table.schema):
+    wanted = list(roles)
+    found = (
+        _pg_columns(conn, tables, wanted)
+        if conn.dialect.name == "postgresql"
+        else _inspected_columns(conn, tables, wanted)
+    )
+    for role in wanted:
+        source = tables.by_role(role)
+        shown = f"{source.schema}.{source.name}" if source.schema else source.name
+        present = found[role]
+        if present is None:
             raise SchemaError(f"database is missing table {shown!r} (the {role} table)")
-        present = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
         for key in REQUIRED_COLUMNS[role]:
-            real = table.c[key].name
+            real = source.c[key].name
             if real not in present:
                 raise SchemaError(f"table {shown!r} is missing column {real!r}")
+
+
+def _inspected_columns(
+    conn: Connection, tables: DataPlaneTables, roles: Sequence[str]
+) -> dict[str, set[str] | None]:
+    """Each role's table's column names (None: no such table), by reflection."""
+    inspector = inspect(conn)
+    found: dict[str, set[str] | None] = {}
+    for role in roles:
+        source = tables.by_role(role)
+        found[role] = (
+            {c["name"] for c in inspector.get_columns(source.name, schema=source.schema)}
+            if inspector.has_table(source.name, schema=source.schema)
+            else None
+        )
+    return found
+
+
+def _pg_columns(
+    conn: Connection, tables: DataPlaneTables, roles: Sequence[str]
+) -> dict[str, set[str] | None]:
+    """``_inspected_columns`` in one catalog query (reflection takes a dozen): each name is
+    looked up as the data-plane statements will resolve it (``to_regclass``, search path)."""
+    preparer = conn.dialect.identifier_preparer
+    names = [preparer.format_table(tables.by_role(role)) for role in roles]
+    rel = (
+        func.unnest(bindparam("names", names, type_=ARRAY(Text)))
+        .table_valued("name", with_ordinality="i")
+        .render_derived(name="r")
+    )
+    attribute = table(
+        "pg_attribute",
+        column("attrelid"),
+        column("attname"),
+        column("attnum"),
+        column("attisdropped"),
+        schema="pg_catalog",
+    )
+    oid = func.to_regclass(rel.c.name)
+    found: dict[str, set[str] | None] = {}
+    for i, exists_, name in conn.execute(
+        select(rel.c.i, oid.is_not(None), attribute.c.attname)
+        .select_from(rel)
+        .outerjoin(
+            attribute,
+            and_(
+                attribute.c.attrelid == oid,
+                attribute.c.attnum > 0,
+                not_(attribute.c.attisdropped),
+            ),
+        )
+    ):
+        role = roles[int(i) - 1]
+        if not exists_:
+            found[role] = None
+            continue
+        present = found.setdefault(role, set())
+        if present is not None and name is not None:
+            present.add(str(name))
+    return found
 
 
 _DIGITS = "[0-9]"

@@ -126,6 +126,30 @@ def test_missing_table_or_column_fails_closed(
         assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 200
 
 
+def test_schema_check_finds_a_quoted_table_in_another_schema(pg_url: str, tmp_path: Path) -> None:
+    """The catalog lookup resolves a configured ``schema.Table`` as the statements will:
+    quoted, case kept, outside the search path."""
+    insert(engine_for(pg_url), generate(18, events=300))
+    with engine_for(pg_url).begin() as conn:
+        conn.exec_driver_sql('CREATE SCHEMA "Data Plane"')
+        conn.exec_driver_sql('ALTER TABLE events SET SCHEMA "Data Plane"')
+        conn.exec_driver_sql('ALTER TABLE "Data Plane".events RENAME TO "Log Rows"')
+    policy_dir = _policies(tmp_path)
+    with pytest.raises(SchemaError, match="missing table 'events'"):
+        engine_module.plan(worker(pg_url, policy_dir))
+    with pytest.raises(SchemaError, match=r"missing table 'Data Plane\.log rows'"):
+        engine_module.plan(worker(pg_url, policy_dir, table_events="Data Plane.log rows"))
+    w = worker(pg_url, policy_dir, table_events="Data Plane.Log Rows")
+    planned = engine_module.plan(w)
+    assert sum(t.counts.total_rows for t in planned.plan.targets) == 300
+    with engine_for(pg_url).begin() as conn:
+        conn.exec_driver_sql('ALTER TABLE "Data Plane"."Log Rows" DROP COLUMN object_id')
+    with pytest.raises(
+        SchemaError, match=r"table 'Data Plane\.Log Rows' is missing column 'object_id'"
+    ):
+        engine_module.plan(w)
+
+
 def test_configured_table_and_column_names(pg_url: str, tmp_path: Path) -> None:
     insert(engine_for(pg_url), generate(17, events=300))
     with engine_for(pg_url).begin() as conn:
