@@ -206,7 +206,7 @@ def server_now(conn: Connection) -> datetime:
     return found
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     original = getattr(error, "orig", None) or error
     text = str(original).strip().splitlines()
     return text[0] if text else type(original).__name__
@@ -225,7 +225,7 @@ def translate_errors(database: Database) -> Iterator[None]:
     try:
         yield
     except exc.DBAPIError as error:
-        line = _first_line(error)
+        line = first_line(error)
         if any(hint in line.lower() for hint in _CONFIG_HINTS):
             raise UsageError(f"invalid database settings ({database.display}): {line}") from error
         if database.is_sqlite and "locked" in line:
@@ -269,7 +269,7 @@ def timed_out(error: BaseException) -> bool:
     """A statement gave up waiting: lock_timeout, statement_timeout, or a busy SQLite."""
     if _sqlstate(error) in _TIMEOUTS:
         return True
-    return isinstance(error, exc.OperationalError) and "database is locked" in _first_line(error)
+    return isinstance(error, exc.OperationalError) and "database is locked" in first_line(error)
 
 
 def deadlocked(error: BaseException) -> bool:

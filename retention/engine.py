@@ -33,7 +33,7 @@ from . import (
     report,
     state,
 )
-from .db import make_engine, same_snapshot, server_now, snapshot, translate_errors
+from .db import first_line, make_engine, same_snapshot, server_now, snapshot, translate_errors
 from .deleter import BatchContext, purge_target
 from .errors import DatabaseUnavailable, GuardError
 from .guards import GuardSettings, guard
@@ -113,8 +113,8 @@ def _plan(
                     helper = stack.enter_context(same_snapshot(conn))
                 except OperationalError as error:  # no second session (connection limit)
                     log.warning(
-                        "plan: counting on one session; a second one could not connect (%s)",
-                        type(error.orig).__name__,
+                        "plan: counting on one session; a second one could not connect: %s",
+                        first_line(error),
                     )
         return build_plan(
             conn,

@@ -5,12 +5,10 @@ and the guard decides the same either way."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 import sqlalchemy as sa
@@ -138,17 +136,21 @@ def test_a_plan_counted_on_two_sessions_is_the_same(
 def test_without_a_second_session_the_plan_counts_on_one(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A server at its connection limit: the plan goes on with one session (the refused
-    connection is simulated: the superuser the tests run as is exempt from limits)."""
+    """A role at its connection limit (a real refusal: ``CONNECTION LIMIT 1``): the plan's
+    second session cannot connect, and the plan goes on with one."""
     _data(pg_url)
     one = _targets(pg_url, tmp_path, plan_connections=1)
     monkeypatch.setattr(engine_module, "PARALLEL_COUNT_MIN_ROWS", 0)
-
-    @contextmanager
-    def refused(conn: sa.Connection) -> Iterator[sa.Connection]:
-        raise sa.exc.OperationalError("connect", {}, Exception("too many clients already"))
-        yield conn  # pragma: no cover
-
-    monkeypatch.setattr(engine_module, "same_snapshot", refused)
-    assert _targets(pg_url, tmp_path, plan_connections=2) == one
+    role = f"limited_{uuid4().hex[:12]}"
+    with engine_for(pg_url).begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+        conn.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    limited = sa.make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+    try:
+        assert _targets(limited, tmp_path, plan_connections=2) == one
+    finally:
+        with engine_for(pg_url).begin() as conn:
+            conn.exec_driver_sql(f"DROP OWNED BY {role}")
+            conn.exec_driver_sql(f"DROP ROLE {role}")
     assert "counting on one session" in caplog.text
+    assert "too many connections for role" in caplog.text
