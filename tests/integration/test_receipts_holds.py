@@ -39,6 +39,11 @@ def _sequence_ids(url: str) -> dict[str, tuple[str, str, str, int, int]]:
 def test_receipt_digests_match_the_deleted_keys(db_url: str, tmp_path: Path, strategy: str) -> None:
     scenario = generate(61, projects=3, events=900)
     insert(engine_for(db_url), scenario)
+    with engine_for(db_url).begin() as conn:  # new row versions at the heap's end: the
+        # heap order is no longer the key order that the digest is defined in
+        conn.exec_driver_sql(
+            "UPDATE events SET _xact_id = _xact_id WHERE sequence_id / 2 * 2 = sequence_id"
+        )
     before = _sequence_ids(db_url)
     policies = write_policies(
         tmp_path / "p", policy_toml(defaults={"project_logs": 30, "dataset": 45})
