@@ -37,7 +37,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.types import DateTime, Text, UserDefinedType
 
-from .models import ObjectType, Resolution, Target
+from .models import Hold, ObjectType, Resolution, Target
 from .tables import DataPlaneTables
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,24 @@ class SweepSet:
             ),
             held=frozenset(UUID(h) for h in doc["held"]),
         )
+
+    def with_holds(self, holds: Sequence[Hold], now: datetime) -> SweepSet:
+        """Without the targets a hold active at ``now`` (the run's) covers whole, and with
+        the objects held in the rest: what a worker other than the leader deletes by, so a
+        hold stops it at its next batch whatever the leader is doing."""
+        active = [h for h in holds if h.active(now)]
+        targets = tuple(
+            t
+            for t in self.targets
+            if not any(h.covers_target(t.project_id, t.object_type) for h in active)
+        )
+        objects = {
+            h.object_id
+            for h in active
+            if h.object_id is not None
+            and any(h.covers_object(t.project_id, t.object_type) for t in targets)
+        }
+        return SweepSet(targets=targets, held=self.held | objects)
 
 
 def sweepable(targets: Sequence[Target], types: Sequence[ObjectType] = ROW_TYPES) -> SweepSet:

@@ -18,9 +18,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -36,7 +36,7 @@ from .deleter import (
     initial_checkpoint,
     lock_pause,
 )
-from .models import ObjectType, Phase, Target
+from .models import Hold, ObjectType, Phase, Target
 from .settings import Settings
 from .state import Checkpoint
 
@@ -142,6 +142,18 @@ class _Holds:
             kept.append(swept)
             extra |= updated.resolution.held_object_ids
         return blocksweep.SweepSet(targets=tuple(kept), held=frozenset(extra))
+
+
+@dataclass(frozen=True)
+class _OwnHolds:
+    """A worker other than the leader reads the holds itself before every batch: the
+    leader publishes them only between its own batches, which may wait on a lock."""
+
+    read: Callable[[], Sequence[Hold]]
+    now: datetime  # the run's pinned now
+
+    def apply(self, sweep: blocksweep.SweepSet) -> blocksweep.SweepSet:
+        return sweep.with_holds(self.read(), self.now)
 
 
 def _open_checkpoints(
@@ -380,12 +392,15 @@ def work_units(
     """
     longest, waits, rows, finished = 0.0, 0, 0, 0
     current: blocksweep.SweepSet | None = None
+    own: _OwnHolds | None = None
     while True:
         if ctx.should_stop():
             return blocksweep.SweepResult(False, longest, waits, "stopped", rows, finished)
         with ctx.conn.begin():
             unit = workqueue.claim(ctx.conn, ctx.run_id, crew.me, crew.stale)
             left = workqueue.remaining(ctx.conn, ctx.run_id) if unit is None else 1
+            if holds is None and own is None and ctx.holds is not None:
+                own = _OwnHolds(ctx.holds, state.pinned_now(ctx.conn, ctx.run_id))
             if holds is not None:
                 current = current or workqueue.current_sweep(ctx.conn, ctx.run_id)
                 refreshed = holds.refresh(current)
@@ -397,7 +412,7 @@ def work_units(
                 return blocksweep.SweepResult(True, longest, waits, "", rows, finished)
             ctx.sleep(crew.poll)  # others are on the last units
             continue
-        done = _work_unit(ctx, crew, sizer, unit, holds)
+        done = _work_unit(ctx, crew, sizer, unit, holds or own)
         longest, waits, rows = max(longest, done.longest), waits + done.waits, rows + done.rows
         finished += done.units
         if done.note:
@@ -411,7 +426,7 @@ def _work_unit(
     crew: Crew,
     sizer: blocksweep.BlockSizer,
     unit: workqueue.Unit,
-    holds: _Holds | None,
+    holds: _Holds | _OwnHolds | None,
 ) -> blocksweep.SweepResult:
     """Sweep one claimed unit from its next block; note "" when it is done or was lost."""
     lo, longest, waits, streak, rows = unit.next_block, 0.0, 0, 0, 0
@@ -428,16 +443,19 @@ def _work_unit(
                     ctx.conn, unit, crew.me, next_block=hi, rows=0, done=hi >= unit.hi
                 ):
                     log.warning(
-                        "unit %d: taken over by another worker, or the run stopped; leaving it",
+                        "unit %d: taken over by another worker, the run stopped, or its "
+                        "leader is gone; leaving it",
                         unit.unit,
                     )
                     return blocksweep.SweepResult(True, longest, waits, "", rows)
                 sweep = workqueue.current_sweep(ctx.conn, ctx.run_id)
-                if holds is not None:
+                if isinstance(holds, _Holds):  # the leader: for everyone
                     refreshed = holds.refresh(sweep)
                     if refreshed != sweep:
                         workqueue.publish(ctx.conn, ctx.run_id, refreshed)
                         sweep = refreshed
+                elif holds is not None:  # another worker: for its own batch
+                    sweep = holds.apply(sweep)
                 batch = (
                     blocksweep.delete_blocks(ctx.conn, ctx.tables, sweep, lo, hi)
                     if sweep.targets

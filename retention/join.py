@@ -80,6 +80,7 @@ def join(worker: Worker, *, poll: float = 0.25) -> JoinReport:
                     batch_size=settings.batch_size,
                     clock=worker.clock,
                     should_stop=worker.should_stop,
+                    holds=worker.hold_watcher(),  # applied to every batch here too
                     lock_retries=settings.lock_retries,
                 )
                 sizer = blocksweep.BlockSizer(

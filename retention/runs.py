@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from . import dataplane, migrate, report, state
+from . import dataplane, migrate, report, state, workqueue
 from .db import make_engine, snapshot, translate_errors
 from .models import Phase, Plan, RunStatus, SweepOutcome, TargetOutcome
 from .state import Checkpoint, RunRecord
@@ -54,6 +54,9 @@ def locked(worker: Worker, roles: Sequence[str] = ALL_TABLES) -> Iterator[Connec
                 check_data_plane(conn, worker.tables, roles)
                 with snapshot(conn):
                     migrate.require_current(conn)
+                if conn.dialect.name == "postgresql":
+                    with conn.begin():  # sweeps of earlier leaders wait for this one's
+                        workqueue.disown(conn)
                 yield conn
         finally:
             engine.dispose()

@@ -222,6 +222,14 @@ def start_run(
     return _record(result.one())
 
 
+def pinned_now(conn: Connection, run_id: int) -> datetime:
+    """The run's pinned ``now`` (what its cutoffs and holds are judged at)."""
+    value: datetime = conn.execute(
+        select(runs.c.pinned_now).where(runs.c.id == run_id)
+    ).scalar_one()
+    return value
+
+
 def _unfinished(conn: Connection) -> list[RunRecord]:
     rows = conn.execute(
         select(runs)

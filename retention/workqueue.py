@@ -9,12 +9,20 @@ batch rolls back. A unit is taken over when its owner's database session is gone
 process: its server process is no longer in ``pg_stat_activity``) or its heartbeat is older
 than ``RETENTION_WORKER_STALE`` (a live but stuck one). Heartbeats use the database clock,
 so workers on several hosts agree on it. Only a run that is still running hands out units.
+
+Only a *led* run hands out units and deletes: the sweep records its leader's server process
+(``leader_pid``, set when the leader prepares the sweep of this attempt), and every claim
+and every batch checks that this process holds the run lock now. A dead leader's run, or
+the sweep of an earlier attempt while a new leader is still planning (a new lock holder
+first disowns every sweep), is left alone: its sweep may be out of date (policies
+re-resolved, holds added), and only a live leader re-reads them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -26,18 +34,21 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    cast,
     column,
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     table,
     update,
 )
+from sqlalchemy.dialects.postgresql import OID
 
 from .blocksweep import SweepSet
-from .state import metadata, runs
+from .state import LOCK_KEY, metadata, runs
 from .tables import UTCDateTime
 
 _id = BigInteger().with_variant(Integer(), "sqlite")
@@ -50,6 +61,7 @@ work = Table(
     Column("revision", Integer, nullable=False, server_default="0"),
     Column("sweep", Text, nullable=False),  # SweepSet.to_json()
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("leader_pid", Integer),  # the leader session's server process (pg_backend_pid)
 )
 
 units = Table(
@@ -102,10 +114,14 @@ def prepare(
     blocks [0, end]. Returns (work, kept)."""
     found = load(conn, run_id)
     if found is not None and _covers(found.sweep, sweep):
-        if found.signature != sweep.signature:  # fewer targets left: the rest carry on
+        # fewer targets left, objects held since, a rule renamed: the rest carry on
+        if found.sweep != sweep:
             publish(conn, run_id, sweep)
-            found = load(conn, run_id)
-            assert found is not None
+        conn.execute(
+            update(work).where(work.c.run_id == run_id).values(leader_pid=func.pg_backend_pid())
+        )
+        found = load(conn, run_id)
+        assert found is not None
         return found, True
     conn.execute(delete(units).where(units.c.run_id == run_id))
     conn.execute(delete(work).where(work.c.run_id == run_id))
@@ -116,6 +132,7 @@ def prepare(
             revision=0,
             sweep=sweep.to_json(),
             updated_at=func.now(),
+            leader_pid=func.pg_backend_pid(),
         )
     )
     ranges = [(lo, min(lo + unit_blocks, end + 1)) for lo in range(0, end + 1, unit_blocks)]
@@ -141,10 +158,50 @@ def publish(conn: Connection, run_id: int, sweep: SweepSet) -> int:
     revision = conn.execute(
         update(work)
         .where(work.c.run_id == run_id)
-        .values(sweep=sweep.to_json(), revision=work.c.revision + 1, updated_at=func.now())
+        .values(
+            signature=sweep.signature,
+            sweep=sweep.to_json(),
+            revision=work.c.revision + 1,
+            updated_at=func.now(),
+        )
         .returning(work.c.revision)
     ).scalar_one()
     return int(revision)
+
+
+def _led(run_id: Any) -> Any:
+    """The run's sweep was prepared by the session that holds the run lock now."""
+    locks = table(
+        "pg_locks",
+        column("locktype"),
+        column("database"),
+        column("classid"),
+        column("objid"),
+        column("objsubid"),
+        column("pid"),
+        column("granted"),
+    )
+    databases = table("pg_database", column("oid"), column("datname"))
+    high, low = (LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF  # pg_advisory_lock(bigint)
+    holding = select(locks.c.pid).where(
+        locks.c.locktype == "advisory",
+        locks.c.granted,
+        locks.c.objsubid == 1,
+        locks.c.classid == cast(literal(high, BigInteger), OID),
+        locks.c.objid == cast(literal(low, BigInteger), OID),
+        locks.c.database
+        == select(databases.c.oid)
+        .where(databases.c.datname == func.current_database())
+        .scalar_subquery(),
+        locks.c.pid == work.c.leader_pid,
+    )
+    return select(work.c.run_id).where(work.c.run_id == run_id, holding.exists()).exists()
+
+
+def disown(conn: Connection) -> None:
+    """A new holder of the run lock: every sweep prepared before is nobody's until its
+    leader prepares it again (PostgreSQL)."""
+    conn.execute(update(work).where(work.c.leader_pid.is_not(None)).values(leader_pid=None))
 
 
 def current_sweep(conn: Connection, run_id: int) -> SweepSet:
@@ -163,6 +220,7 @@ def claim(conn: Connection, run_id: int, me: str, stale: timedelta) -> Unit | No
             units.c.run_id == run_id,
             units.c.done.is_(False),
             running.exists(),
+            _led(run_id),
             or_(
                 units.c.owner.is_(None),
                 units.c.owner == me,
@@ -192,9 +250,10 @@ def claim(conn: Connection, run_id: int, me: str, stale: timedelta) -> Unit | No
 def advance(
     conn: Connection, unit: Unit, me: str, *, next_block: int, rows: int, done: bool
 ) -> bool:
-    """Move the unit to ``next_block`` if ``me`` still owns it and the run still runs (first
-    statement of a batch; it holds the unit's row until the batch commits). False: the unit
-    was taken over, or the run's leader stopped it (time budget, signal)."""
+    """Move the unit to ``next_block`` if ``me`` still owns it and the run still runs under
+    its leader (first statement of a batch; it holds the unit's row until the batch
+    commits). False: the unit was taken over, the run's leader stopped it (time budget,
+    signal), or the leader is gone."""
     values: dict[str, object] = {
         "next_block": next_block,
         "heartbeat_at": func.now(),
@@ -210,6 +269,7 @@ def advance(
             units.c.unit == unit.unit,
             units.c.owner == me,
             select(runs.c.id).where(runs.c.id == unit.run_id, runs.c.status == "running").exists(),
+            _led(unit.run_id),
         )
         .values(**values)
         .returning(units.c.unit)
@@ -245,12 +305,14 @@ def remaining(conn: Connection, run_id: int) -> int:
 
 
 def open_run(conn: Connection) -> int | None:
-    """The running run whose sweep has units left (what a joining worker works on)."""
+    """The running run whose sweep has units left and whose leader is there (what a joining
+    worker works on)."""
     row = conn.execute(
         select(work.c.run_id)
         .join(runs, runs.c.id == work.c.run_id)
         .where(
             runs.c.status == "running",
+            _led(work.c.run_id),
             select(units.c.unit)
             .where(and_(units.c.run_id == work.c.run_id, units.c.done.is_(False)))
             .exists(),

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from retention import workqueue
 from retention.blocksweep import MAX_BLOCKS, MIN_BLOCKS, BlockSizer, SweepSet
 from retention.models import RunStatus
+from retention.state import LOCK_KEY
 from tests.conftest import engine_for
 from tests.integration.helpers import StopAfter, purge, worker
 from tests.integration.test_purge import _setup
@@ -223,12 +224,15 @@ def test_a_dead_workers_unit_is_taken_over(pg_url: str, tmp_path: Path) -> None:
 def test_a_worker_that_lost_its_unit_deletes_nothing_more(pg_url: str) -> None:
     engine = sa.create_engine(engine_for(pg_url).url, poolclass=sa.NullPool)
     sweep = SweepSet(targets=())
-    with engine.begin() as conn:
-        run_id = conn.exec_driver_sql(
+    leader = engine.connect()  # holds the run lock and prepares the sweep
+    assert leader.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar()
+    leader.commit()
+    with leader.begin():
+        run_id = leader.exec_driver_sql(
             "INSERT INTO retention_runs (status, mode, started_at, pinned_now, plan_hash, plan) "
             "VALUES ('running', 'purge', now(), now(), '', '{}') RETURNING id"
         ).scalar_one()
-        workqueue.prepare(conn, run_id, sweep, end=39, unit_blocks=10)
+        workqueue.prepare(leader, run_id, sweep, end=39, unit_blocks=10)
     stale = timedelta(seconds=30)
     # each worker on its own session, as in real life
     with engine.connect() as a_conn, engine.connect() as b_conn, engine.connect() as c_conn:
@@ -263,6 +267,17 @@ def test_a_worker_that_lost_its_unit_deletes_nothing_more(pg_url: str) -> None:
         with a_conn.begin():  # a's next batch in its unit deletes nothing
             assert not workqueue.advance(a_conn, freed, "a", next_block=25, rows=0, done=False)
         assert claim(a_conn, "a") is None  # and no unit is handed out any more
+        with b_conn.begin():
+            b_conn.execute(
+                sa.text("UPDATE retention_runs SET status = 'running' WHERE id = :r"),
+                {"r": run_id},
+            )
+        again = claim(a_conn, "a")
+        assert again is not None and again.unit == 2  # its own unit, running again
+        leader.close()  # the leader dies: its lock goes, and with it every worker's license
+        with a_conn.begin():
+            assert not workqueue.advance(a_conn, again, "a", next_block=35, rows=0, done=False)
+        assert claim(b_conn, "b") is None
     with engine.connect() as conn:
         row = conn.exec_driver_sql(
             "SELECT done, done_by, claims, next_block FROM retention_work_units WHERE unit = 0"
