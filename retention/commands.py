@@ -112,8 +112,9 @@ def _deleting_run(
             plan_file=reviewed,
         )
         code = int(RUN_EXIT[result.status]) if result.status else 0
-        if result.sweep is not None and result.sweep.failed:
-            code = int(ExitCode.DATABASE)  # the store failed: index rows kept, next sweep retries
+        if result.sweep is not None and (result.sweep.failed or result.sweep.refused):
+            # files not deleted (the store failed, or a key outside it): index rows kept
+            code = int(ExitCode.DATABASE)
         return code, result
     except RetentionError as error:
         code = int(error.exit_code)
@@ -396,6 +397,13 @@ def sweep(args: argparse.Namespace, settings: Settings) -> int:
             f"retention: {outcome.failed:,} files could not be deleted; their index rows stay",
             file=sys.stderr,
         )
+    if outcome.refused:
+        print(
+            f"retention: {outcome.refused:,} segments have object keys outside the store URL; "
+            "refused, their index rows stay",
+            file=sys.stderr,
+        )
+    if outcome.failed or outcome.refused:
         return int(ExitCode.DATABASE)
     return int(RUN_EXIT[done.status])
 
@@ -425,6 +433,7 @@ def restore(args: argparse.Namespace, settings: Settings) -> int:
         "restored": len(result.restored),
         "bytes": sum(f.bytes for f in result.restored),
         "past_grace": result.past_grace,
+        "missing": [str(f.segment_id) for f in result.missing],
         "segments": [str(f.segment_id) for f in result.restored],
     }
     if args.format == "json":
@@ -439,7 +448,12 @@ def restore(args: argparse.Namespace, settings: Settings) -> int:
                 f"{result.past_grace:,} matching segments are past the grace period "
                 f"(unused before {done.threshold.isoformat()}) and can no longer be restored."
             )
-        if not result.restored and not result.past_grace:
+        if result.missing:
+            print(
+                f"{len(result.missing):,} matching segments were not restored: their files "
+                "are no longer in the store (a sweep deleted them; see receipts)."
+            )
+        if not result.restored and not result.past_grace and not result.missing:
             print("No unused segment matched (never marked, or already swept: see receipts).")
     return 0
 

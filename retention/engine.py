@@ -268,12 +268,16 @@ def _locked_purge(
     )
     should_stop = _StopCheck(worker, started)
 
+    # marks and bookkeeping by the later clock: a host clock behind the database's must not
+    # date a mark early (it would shorten the grace period)
+    _, later = worker.clock_bounds(clocks[1], clocks[0])
+    ahead = later - clocks[0]
     ctx = BatchContext(
         conn=conn,
         tables=worker.tables,
         run_id=run_id,
         batch_size=settings.batch_size,
-        clock=worker.clock,
+        clock=(lambda: worker.clock() + ahead) if ahead else worker.clock,
         should_stop=should_stop,
         mark_segments=store is not None,
         holds=worker.hold_watcher(),
@@ -290,16 +294,18 @@ def _locked_purge(
         deleted = time.monotonic()
         if store is not None and all(o.phase is Phase.DONE for o in outcomes):
             logs.set_action("sweep")
+            earlier, _ = worker.clock_bounds(server_now(conn))
             swept = sweep(
                 SweepContext(
                     conn=conn,
                     tables=worker.tables,
                     store=store,
                     run_id=run_id,
-                    threshold=worker.clock() - settings.grace_period,
+                    threshold=earlier - settings.grace_period,
                     batch_size=settings.sweep_batch_size,
                     clock=worker.clock,
                     should_stop=should_stop,
+                    holds=worker.active_holds(now),
                 )
             )
     except BaseException as error:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from . import dataplane, segments
-from .db import make_engine, snapshot, translate_errors
+from .db import make_engine, server_now, snapshot, translate_errors
 from .errors import UsageError
 from .models import RunStatus, SweepOutcome
 from .objectstore import ObjectStore, open_store
@@ -22,10 +22,10 @@ from .sweeper import SweepContext, record_segments, sweep
 from .worker import Worker
 
 
-def _store(worker: Worker) -> ObjectStore:
+def _store(worker: Worker, needs: str) -> ObjectStore:
     store = open_store(worker.settings)
     if store is None:
-        raise UsageError("RETENTION_OBJECT_STORE_URL is not set: there is nothing to sweep")
+        raise UsageError(f"RETENTION_OBJECT_STORE_URL is not set: {needs}")
     store.check()
     return store
 
@@ -39,18 +39,20 @@ class SweepReport:
 
     @property
     def status(self) -> RunStatus:
-        stopped = self.outcome.stopped or self.outcome.failed
+        stopped = self.outcome.stopped or self.outcome.failed or self.outcome.refused
         return RunStatus.PARTIAL if stopped else RunStatus.SUCCEEDED
 
 
 def sweep_only(worker: Worker) -> SweepReport:
     """The second phase alone: files of segments unused for longer than the grace period."""
-    store = _store(worker)
+    store = _store(worker, "there is nothing to sweep")
     started = time.monotonic()
     with locked(worker, ("segments",)) as conn:
-        now = worker.pinned_now()
+        server = server_now(conn)
+        now = worker.pinned_now(server)
         run_id, _ = open_run(conn, worker.clock(), None, mode="sweep", now=now, plan={})
-        threshold = worker.clock() - worker.settings.grace_period
+        earlier, _ = worker.clock_bounds(server)  # a clock ahead must not shorten the grace
+        threshold = earlier - worker.settings.grace_period
         try:
             outcome = sweep(
                 SweepContext(
@@ -62,6 +64,7 @@ def sweep_only(worker: Worker) -> SweepReport:
                     batch_size=worker.settings.sweep_batch_size,
                     clock=worker.clock,
                     should_stop=worker.should_stop,
+                    holds=worker.active_holds(now),
                 )
             )
         except BaseException as error:
@@ -80,21 +83,37 @@ class RestoreReport:
 
 
 def restore(worker: Worker, which: RestoreFilter) -> RestoreReport:
-    """Return unused segments still in grace to live: it undoes a mark, nothing more."""
+    """Return unused segments still in grace to live: it undoes a mark, nothing more. Only
+    segments whose file is still in the store come back (a sweep killed between deleting
+    files and their index rows leaves rows whose files are gone)."""
+    store = _store(worker, "restore checks that each segment's file is still there")
     with locked(worker, ("segments",)) as conn:
-        now = worker.pinned_now()
+        server = server_now(conn)
+        now = worker.pinned_now(server)
         run_id, _ = open_run(conn, worker.clock(), None, mode="restore", now=now, plan={})
-        threshold = worker.clock() - worker.settings.grace_period
+        # by the later clock: what a sweep may already have taken is not brought back
+        _, later = worker.clock_bounds(server)
+        threshold = later - worker.settings.grace_period
         with conn.begin():
-            result = segments.restore(conn, worker.tables, which, threshold)
+            candidates, past = segments.restorable(conn, worker.tables, which, threshold)
+        there = store.present([f.key for f in candidates])  # under the run lock: no sweep
+        with conn.begin():
+            restored = segments.revive(
+                conn, worker.tables, [f for f in candidates if f.key in there], threshold
+            )
             record_segments(
                 conn,
                 run_id,
                 worker.clock(),
-                result.restored,
+                restored,
                 action="restore",
                 source="retention restore",
             )
+        result = RestoreResult(
+            restored=restored,
+            past_grace=past,
+            missing=[f for f in candidates if f.key not in there],
+        )
         finish(conn, worker.clock, run_id, RunStatus.SUCCEEDED)
         return RestoreReport(run_id, threshold, result)
 
@@ -110,7 +129,7 @@ class CheckReport:
 
 def check(worker: Worker, prefix: str | None) -> CheckReport:
     """Compare the store under ``prefix`` with the index; report, never delete."""
-    store = _store(worker)
+    store = _store(worker, "there is no store to compare the index with")
     database = worker.database
     report = CheckReport(prefix=prefix or "")
     with translate_errors(database):

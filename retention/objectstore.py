@@ -100,6 +100,24 @@ class ObjectStore:
                 result.failed[key] = type(exc).__name__
         return result
 
+    def present(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` are in the store (one HEAD each); an unsafe key never is. A
+        store that cannot answer raises ``ObjectStoreError``: nothing is assumed."""
+        found = set()
+        for key in keys:
+            if key_problem(key):
+                continue
+            try:
+                obstore.head(self._store, key)
+            except FileNotFoundError:
+                continue
+            except (ObstoreError, OSError, RuntimeError, ValueError) as exc:
+                raise ObjectStoreError(
+                    f"object store {self.display}: cannot check a file: {_first_line(exc)}"
+                ) from exc
+            found.add(key)
+        return found
+
     def list_keys(self, prefix: str | None = None) -> Iterator[tuple[str, int]]:
         """(key, size) of every file under ``prefix`` (``segments check`` only)."""
         try:

@@ -114,7 +114,8 @@ def run_warnings(
         )
     if swept is not None and swept.refused:
         warnings.append(
-            f"{swept.refused:,} segments have object keys outside the store URL; refused"
+            f"{swept.refused:,} segments have object keys outside the store URL; refused "
+            "(their files and index rows stay; fix the keys or RETENTION_OBJECT_STORE_URL)"
         )
     return warnings
 
@@ -123,7 +124,7 @@ def run_status(
     outcomes: Sequence[TargetOutcome], guarded: dict[str, str], swept: SweepOutcome | None
 ) -> RunStatus:
     stopped = any(o.phase is not Phase.DONE for o in outcomes)
-    if stopped or (swept is not None and (swept.stopped or swept.failed)):
+    if stopped or (swept is not None and (swept.stopped or swept.failed or swept.refused)):
         return RunStatus.PARTIAL
     return RunStatus.GUARDED if guarded else RunStatus.SUCCEEDED
 

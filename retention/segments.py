@@ -9,7 +9,7 @@ segment whose experiment is no longer in the registry. Two phases: **mark** (``s
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -21,14 +21,16 @@ from sqlalchemy import (
     delete,
     false,
     func,
+    not_,
     or_,
     select,
+    true,
     update,
 )
 
 from .blocksweep import resolution_arrays
 from .dataplane import batchable, expired_experiments, not_held
-from .models import ObjectType, Resolution, UnusedSegments
+from .models import Hold, ObjectType, Resolution, UnusedSegments
 from .tables import DataPlaneTables
 
 LIVE = "live"
@@ -196,13 +198,42 @@ def unused_summary(
     )
 
 
+def not_held_now(tables: DataPlaneTables, holds: Sequence[Hold]) -> ColumnElement[bool]:
+    """Segments no hold covers: a hold beats everything, also a mark made before it came.
+
+    Object ids are unique, so an object hold keeps its object's segments of any type and
+    project (as ``Hold.covers_object`` does for rows)."""
+    sg = tables.segments
+    kept: list[ColumnElement[bool]] = []
+    for hold in holds:
+        if hold.object_id is not None:
+            kept.append(sg.c.object_id == hold.object_id)
+        elif hold.object_type is None:
+            kept.append(sg.c.project_id == hold.project_id)
+        else:
+            kept.append(
+                and_(
+                    sg.c.project_id == hold.project_id,
+                    sg.c.object_type == hold.object_type.value,
+                )
+            )
+    return not_(or_(*kept)) if kept else true()
+
+
 def sweep_candidates(
-    conn: Connection, tables: DataPlaneTables, threshold: datetime, after: UUID | None, limit: int
+    conn: Connection,
+    tables: DataPlaneTables,
+    threshold: datetime,
+    after: UUID | None,
+    limit: int,
+    holds: Sequence[Hold] = (),
 ) -> list[SegmentFile]:
+    """Unused segments past the grace period that no hold in ``holds`` (the active ones)
+    covers, in segment-id order after ``after``."""
     sg = tables.segments
     query = select(
         sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type
-    ).where(sg.c.state == UNUSED, sg.c.unused_at <= threshold)
+    ).where(sg.c.state == UNUSED, sg.c.unused_at <= threshold, not_held_now(tables, holds))
     if after is not None:
         query = query.where(sg.c.segment_id > after)
     rows = conn.execute(query.order_by(sg.c.segment_id).limit(limit)).all()
@@ -254,32 +285,48 @@ class RestoreFilter:
 class RestoreResult:
     restored: list[SegmentFile]
     past_grace: int  # matched, but unused for longer than the grace period
+    missing: list[SegmentFile] = field(default_factory=list)  # in grace, but the file is gone
 
 
-def restore(
+def restorable(
     conn: Connection, tables: DataPlaneTables, which: RestoreFilter, threshold: datetime
-) -> RestoreResult:
-    """Return unused segments still in grace (``unused_at > threshold``) to live."""
+) -> tuple[list[SegmentFile], int]:
+    """Unused segments still in grace (``unused_at > threshold``) that ``which`` matches,
+    and how many more it matches past the grace period."""
     sg = tables.segments
     condition = which.condition(tables)
     past = conn.execute(
         select(func.count()).where(condition, sg.c.unused_at <= threshold)
     ).scalar_one()
     rows = conn.execute(
-        update(sg)
+        select(sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type)
         .where(condition, sg.c.unused_at > threshold)
-        .values(state=LIVE, unused_at=None)
-        .returning(
-            sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type
-        )
+        .order_by(sg.c.segment_id)
     ).all()
-    restored = [
+    found = [
         SegmentFile(segment_id=r[0], key=r[1], bytes=int(r[2]), project_id=r[3], object_type=r[4])
         for r in rows
     ]
-    return RestoreResult(
-        restored=sorted(restored, key=lambda f: f.segment_id), past_grace=int(past)
+    return found, int(past)
+
+
+def revive(
+    conn: Connection, tables: DataPlaneTables, files: Sequence[SegmentFile], threshold: datetime
+) -> list[SegmentFile]:
+    """Return these segments to live (still unused and in grace: re-checked)."""
+    if not files:
+        return []
+    sg = tables.segments
+    ids = sorted(f.segment_id for f in files)
+    back = set(
+        conn.execute(
+            update(sg)
+            .where(sg.c.segment_id.in_(ids), sg.c.state == UNUSED, sg.c.unused_at > threshold)
+            .values(state=LIVE, unused_at=None)
+            .returning(sg.c.segment_id)
+        ).scalars()
     )
+    return [f for f in files if f.segment_id in back]
 
 
 def by_project(

@@ -4,7 +4,9 @@ Batch by batch (segment-id order): read candidates from the index, delete their 
 the store's bulk delete (outside any transaction), then, in one transaction, remove the
 index rows of the files confirmed gone and write receipts. A file already missing counts as
 deleted. A failed delete keeps its index row for the next sweep; a key outside the store
-URL is refused and reported, never deleted. A crash between the two steps leaves index rows
+URL is refused and reported, never deleted. A segment that a hold covers is not swept,
+though it was marked before the hold came: it waits, unused, for the hold to end (or for
+``retention restore``). A crash between the two steps leaves index rows
 of deleted files; the next sweep finds them missing and finishes.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -21,7 +23,7 @@ from sqlalchemy import Connection
 
 from . import segments, state
 from .dataplane import keys_digest
-from .models import SweepOutcome
+from .models import Hold, SweepOutcome
 from .objectstore import ObjectStore, key_problem
 from .segments import SegmentFile
 from .tables import DataPlaneTables
@@ -39,10 +41,12 @@ class SweepContext:
     batch_size: int
     clock: Callable[[], datetime]
     should_stop: Callable[[], bool]
+    holds: Callable[[], Sequence[Hold]] = tuple  # the active holds, re-read every batch
 
 
 def sweep(ctx: SweepContext) -> SweepOutcome:
     outcome = SweepOutcome()
+    log.debug("sweep: segments unused before %s", ctx.threshold.isoformat())
     after: UUID | None = None
     while True:
         if ctx.should_stop():
@@ -50,7 +54,7 @@ def sweep(ctx: SweepContext) -> SweepOutcome:
             break
         with ctx.conn.begin():
             batch = segments.sweep_candidates(
-                ctx.conn, ctx.tables, ctx.threshold, after, ctx.batch_size
+                ctx.conn, ctx.tables, ctx.threshold, after, ctx.batch_size, ctx.holds()
             )
         if not batch:
             break

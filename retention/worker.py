@@ -83,6 +83,27 @@ class Worker:
             )
         return now
 
+    def clock_bounds(
+        self, server: datetime, host: datetime | None = None
+    ) -> tuple[datetime, datetime]:
+        """(earlier, later) of the host's clock (``host``, or read now) and the database's
+        when they disagree by more than RETENTION_MAX_CLOCK_SKEW, else the host's twice.
+        The grace period is measured from the later (a mark) to the earlier (a sweep), so a
+        wrong clock on either side lengthens it and never shortens it."""
+        clock = host or self.clock()
+        if abs(clock - server) <= self.settings.max_clock_skew:
+            return clock, clock
+        return min(clock, server), max(clock, server)
+
+    def active_holds(self, now: datetime) -> Callable[[], tuple[Hold, ...]]:
+        """The local policy folder's holds active at ``now``, read at each call."""
+        watcher = self.hold_watcher()
+
+        def active() -> tuple[Hold, ...]:
+            return tuple(h for h in watcher() if h.active(now)) if watcher else ()
+
+        return active
+
     def hold_watcher(self) -> Callable[[], tuple[Hold, ...]] | None:
         """Holds of the local policy folder, re-read before each batch."""
         local = next((s for s in self.sources if isinstance(s, LocalPolicySource)), None)

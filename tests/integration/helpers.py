@@ -31,6 +31,8 @@ def worker(
     **settings: Any,
 ) -> Worker:
     settings.setdefault("reconnect_timeout", "0")  # tests of reconnecting set it themselves
+    if now is not None:  # a made-up world at NOW: the database's real clock is no second
+        settings.setdefault("max_clock_skew", "36500d")  # opinion on it
     built = load_settings(
         database_url=url, policy_dir=policy_dir, now=now, batch_size=batch_size, **settings
     )
