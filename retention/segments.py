@@ -243,6 +243,16 @@ def sweep_candidates(
     ]
 
 
+def live_keys(conn: Connection, tables: DataPlaneTables, limit: int) -> list[str]:
+    """A few object keys of live segments (their files must be in the store)."""
+    sg = tables.segments
+    return list(
+        conn.execute(
+            select(sg.c.object_key).where(sg.c.state == LIVE).order_by(sg.c.segment_id).limit(limit)
+        ).scalars()
+    )
+
+
 def forget(
     conn: Connection, tables: DataPlaneTables, segment_ids: Iterable[UUID], threshold: datetime
 ) -> int:

@@ -3,11 +3,13 @@
 Batch by batch (segment-id order): read candidates from the index, delete their files with
 the store's bulk delete (outside any transaction), then, in one transaction, remove the
 index rows of the files confirmed gone and write receipts. A file already missing counts as
-deleted. A failed delete keeps its index row for the next sweep; a key outside the store
-URL is refused and reported, never deleted. A segment that a hold covers is not swept,
-though it was marked before the hold came: it waits, unused, for the hold to end (or for
-``retention restore``). A crash between the two steps leaves index rows
-of deleted files; the next sweep finds them missing and finishes.
+deleted; so that a store URL pointing at the wrong place does not empty the index, the
+sweep first looks for a few live segments' files, and stops (exit 4) if none is there. A
+failed delete keeps its index row for the next sweep; a key outside the store URL is
+refused and reported, never deleted. A segment that a hold covers is not swept, though it
+was marked before the hold came: it waits, unused, for the hold to end (or for ``retention
+restore``). A crash between the two steps leaves index rows of deleted files; the next
+sweep finds them missing and finishes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import Connection
 
 from . import segments, state
 from .dataplane import keys_digest
+from .errors import ObjectStoreError
 from .models import Hold, SweepOutcome
 from .objectstore import ObjectStore, key_problem
 from .segments import SegmentFile
@@ -47,6 +50,7 @@ class SweepContext:
 def sweep(ctx: SweepContext) -> SweepOutcome:
     outcome = SweepOutcome()
     log.debug("sweep: segments unused before %s", ctx.threshold.isoformat())
+    check_the_store(ctx)
     after: UUID | None = None
     while True:
         if ctx.should_stop():
@@ -106,6 +110,25 @@ def _sweep_batch(ctx: SweepContext, batch: list[SegmentFile], outcome: SweepOutc
     outcome.missing += len(result.missing)
     outcome.failed += len(result.failed)
     outcome.batches += 1
+
+
+LIVE_SAMPLE = 3  # live segments' files looked up when a whole batch was missing
+
+
+def check_the_store(ctx: SweepContext) -> None:
+    """Before sweeping: is this the data plane's store? A missing file counts as deleted,
+    so a store URL pointing at the wrong place (an empty bucket, an unmounted folder) would
+    drop every index row and leave the real files behind for good; an S3 bulk delete does
+    not even say a key was missing. So look up a few live segments' files: if there are
+    live segments and none of their files is there, stop (exit 4) before anything."""
+    with ctx.conn.begin():
+        keys = segments.live_keys(ctx.conn, ctx.tables, LIVE_SAMPLE)
+    safe = [k for k in keys if not key_problem(k)]
+    if safe and not ctx.store.present(safe):
+        raise ObjectStoreError(
+            f"object store {ctx.store.display}: none of {len(safe)} live segments' files is "
+            "there; is RETENTION_OBJECT_STORE_URL the data plane's store? Nothing was swept"
+        )
 
 
 def record_segments(

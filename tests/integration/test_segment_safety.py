@@ -14,6 +14,7 @@ import pytest
 
 from retention import maintenance
 from retention import segments as segments_module
+from retention.errors import ObjectStoreError
 from retention.models import RunStatus
 from retention.segments import RestoreFilter
 from tests.conftest import engine_for
@@ -247,3 +248,33 @@ def test_restore_after_an_interrupted_sweep_does_not_revive_a_deleted_file(
         str(seg[n]["segment_id"]) for n in ("A", "D")
     )
     assert done.result.restored == []
+
+
+def test_a_store_url_pointing_elsewhere_stops_the_sweep_before_anything(
+    db_url: str, file_store: FileStore, tmp_path: Path
+) -> None:
+    """A missing file counts as deleted, so a store URL pointing at an empty folder (or
+    bucket) would drop every index row and leave the real files behind for good. The
+    sweep first looks for a few live segments' files; none there: exit 4, nothing swept."""
+    policies, seg = _world(db_url, file_store, tmp_path, NOW)
+    s = Scenario()
+    live = s.add_segment(
+        "project_logs",
+        P,
+        P,
+        NOW - timedelta(days=2),
+        NOW - timedelta(days=1),
+        segment_id=UUID("5e000000-0000-4000-8000-000000000999"),
+    )
+    insert(engine_for(db_url), s)
+    file_store.write(live["object_key"])
+    purge(_w(db_url, policies, file_store))  # marks A and D at NOW
+    before = segment_states(engine_for(db_url))
+    elsewhere = FileStore(tmp_path / "empty")
+    elsewhere.root.mkdir()
+    later = NOW + timedelta(hours=25)
+    with pytest.raises(ObjectStoreError, match="none of 1 live segments' files is there"):
+        maintenance.sweep_only(_w(db_url, policies, elsewhere, now=later))
+    assert segment_states(engine_for(db_url)) == before
+    done = maintenance.sweep_only(_w(db_url, policies, file_store, now=later))
+    assert done.outcome.files == 2 and not file_store.exists(seg["A"]["object_key"])
