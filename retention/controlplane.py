@@ -318,11 +318,12 @@ class ControlPlaneClient:
             if not page:
                 return items
             for item in page:
-                if item["id"] in seen_ids:
+                same = str(item["id"]).strip().lower()  # ids are UUIDs: any spelling is one id
+                if same in seen_ids:
                     raise ControlPlaneError(
                         f"control plane returned id {item['id']} twice in GET /{path}"
                     )
-                seen_ids.add(item["id"])
+                seen_ids.add(same)
             items.extend(page)
             cursor = page[-1]["id"]
             if cursor in cursors:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -190,10 +190,13 @@ def check_sqlite_values(
 
 
 def project_ids(conn: Connection, tables: DataPlaneTables) -> set[UUID]:
-    """Every project that has a registry entry or a row in the data plane."""
-    ob = tables.objects  # one row per object: a plain DISTINCT is cheap enough
+    """Every project that has a registry entry, a row or a segment in the data plane (a
+    project with nothing but segment files left is still there: deleted in the control
+    plane, it is an orphan like any other)."""
+    ob, sg = tables.objects, tables.segments  # one row per object or file: DISTINCT will do
     registered = {row[0] for row in conn.execute(select(ob.c.project_id).distinct())}
-    return registered | _distinct_projects(conn, tables.events)
+    filed = {row[0] for row in conn.execute(select(sg.c.project_id).distinct())}
+    return registered | filed | _distinct_projects(conn, tables.events)
 
 
 def _distinct_projects(conn: Connection, source: Table) -> set[UUID]:
@@ -293,32 +296,38 @@ def batchable(resolutions: Sequence[Resolution]) -> list[Resolution]:
     ]
 
 
+SegmentRows = Mapping[tuple[UUID, str], tuple[int, int]]  # (expired, live) segment rows
+
+
 def count_row_targets(
     conn: Connection,
     tables: DataPlaneTables,
     resolutions: Sequence[Resolution],
     max_fraction: float | None = None,
     helper: Connection | None = None,
+    segment_rows: SegmentRows | None = None,
 ) -> dict[tuple[UUID, str], TargetCounts]:
     """``_count_row_targets``; with a ``helper`` in the same snapshot (``db.same_snapshot``),
     half of the targets are counted on it, at the same time."""
     chosen = batchable(resolutions)
     if helper is None or len(chosen) < 2:
-        return _count_row_targets(conn, tables, chosen, max_fraction)
+        return _count_row_targets(conn, tables, chosen, max_fraction, segment_rows)
     half = len(chosen) // 2
     found: dict[tuple[UUID, str], TargetCounts] = {}
     errors: list[BaseException] = []
 
     def other() -> None:
         try:
-            found.update(_count_row_targets(helper, tables, chosen[half:], max_fraction))
+            found.update(
+                _count_row_targets(helper, tables, chosen[half:], max_fraction, segment_rows)
+            )
         except BaseException as error:  # re-raised in the caller's thread
             errors.append(error)
 
     thread = threading.Thread(target=other, name="count")
     thread.start()
     try:
-        mine = _count_row_targets(conn, tables, chosen[:half], max_fraction)
+        mine = _count_row_targets(conn, tables, chosen[:half], max_fraction, segment_rows)
     finally:
         thread.join()
     if errors:
@@ -331,6 +340,7 @@ def _count_row_targets(
     tables: DataPlaneTables,
     resolutions: Sequence[Resolution],
     max_fraction: float | None = None,
+    segment_rows: SegmentRows | None = None,
 ) -> dict[tuple[UUID, str], TargetCounts]:
     """Exact counts of many logs and dataset targets in two statements (PostgreSQL).
 
@@ -363,8 +373,13 @@ def _count_row_targets(
     ):
         rows_of[(project_id, object_type)] = int(rows)
         oldest_of[(project_id, object_type)] = first
+    files = segment_rows or {}
     limits = [
-        kept_needed(rows_of.get((r.project_id, r.object_type.value), 0), max_fraction)
+        kept_needed(
+            rows_of.get((r.project_id, r.object_type.value), 0),
+            max_fraction,
+            *files.get((r.project_id, r.object_type.value), (0, 0)),
+        )
         for r in chosen
     ]
     bounded = resolution_arrays(chosen, limits)
@@ -405,18 +420,23 @@ def _count_row_targets(
 EXACT = 2**62  # a limit no table reaches: count everything
 
 
-def kept_needed(rows: int, max_fraction: float | None) -> int:
+def kept_needed(
+    rows: int, max_fraction: float | None, segment_rows: int = 0, segment_total: int = 0
+) -> int:
     """How many kept rows of a target with ``rows`` expired to count so that the fraction
     guard decides exactly (a count that reaches it means the target is within the
-    fraction); ``EXACT`` without a fraction to check."""
+    fraction); ``EXACT`` without a fraction to check. ``segment_rows`` of its
+    ``segment_total`` live segment rows expire too: the guard counts both."""
     if max_fraction is None:
         return EXACT
+    gone = rows + segment_rows
     if max_fraction >= 1:
         return 1  # the guard cannot fire
-    if max_fraction <= 0 or rows == 0:
+    if max_fraction <= 0 or gone == 0:
         return 1  # any deletion fires it; nothing to delete is within it
-    bound = rows * (1 - max_fraction) / max_fraction  # kept rows below this: refused
-    return int(bound) + 2 if bound < EXACT else EXACT
+    # refused while gone > f * (rows + kept + segment_total), i.e. kept below this:
+    bound = gone * (1 - max_fraction) / max_fraction + segment_rows - segment_total
+    return max(int(bound) + 2, 1) if bound < EXACT else EXACT
 
 
 def count_target(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> TargetCounts:
@@ -435,7 +455,7 @@ def count_target(conn: Connection, tables: DataPlaneTables, resolution: Resoluti
             _target_rows(tables, resolution)
         )
     ).one()
-    objects = 0
+    objects = registered = 0
     if resolution.cutoff is not None and not by_row and total:
         rows = conn.execute(
             select(func.count()).where(_expired_rows(tables, resolution))
@@ -443,6 +463,13 @@ def count_target(conn: Connection, tables: DataPlaneTables, resolution: Resoluti
     if resolution.cutoff is not None and resolution.object_type is ObjectType.EXPERIMENT:
         gone = expired_experiments(tables, resolution).subquery()
         objects = conn.execute(select(func.count()).select_from(gone)).scalar_one()
+        ob = tables.objects  # every experiment of the project: the fraction guard's whole
+        registered = conn.execute(
+            select(func.count()).where(
+                ob.c.project_id == resolution.project_id,
+                ob.c.object_type == ObjectType.EXPERIMENT.value,
+            )
+        ).scalar_one()
     held: frozenset[UUID] = frozenset()
     if resolution.held_object_ids:
         ob = tables.objects
@@ -461,6 +488,7 @@ def count_target(conn: Connection, tables: DataPlaneTables, resolution: Resoluti
         objects=int(objects),
         oldest_row=oldest,
         held_objects=held,
+        total_objects=int(registered),
     )
 
 
@@ -528,6 +556,40 @@ def delete_batch(
         last=cursor(deleted[-1]),
         digest=keys_digest(int(r[2]) for r in deleted),
     )
+
+
+def rows_left(
+    conn: Connection, tables: DataPlaneTables, resolution: Resolution, after: Cursor | None
+) -> bool:
+    """An expired row of the target past ``after`` is still there. A batch that deleted
+    fewer rows than its limit may have found some picked rows changed by another writer
+    while it waited for their lock (READ COMMITTED re-check): only this says it is done."""
+    condition = _expired_rows(tables, resolution)
+    if after is not None:
+        condition = and_(condition, _after(tables, resolution, after))
+    return conn.execute(select(literal(1)).where(condition).limit(1)).first() is not None
+
+
+def with_rows_left(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> set[tuple[UUID, str]]:
+    """The logs and dataset targets (no object holds) that still have an expired row, in
+    one statement: ``rows_left`` for a group whose short batches started at the front."""
+    chosen = batchable(resolutions)
+    if not chosen:
+        return set()
+    ev = tables.events
+    arrays = resolution_arrays(chosen)
+    left = (
+        select(literal(1))
+        .where(
+            ev.c.project_id == arrays.c.p,
+            ev.c.object_type == arrays.c.ty,
+            ev.c.created < arrays.c.cut,
+        )
+        .exists()
+    )
+    return {(p, ty) for p, ty in conn.execute(select(arrays.c.p, arrays.c.ty).where(left))}
 
 
 def delete_group(
@@ -601,6 +663,21 @@ def keys_digest(sequence_ids: Iterable[int]) -> str:
     return digest.hexdigest()
 
 
+def _registry_victims(tables: DataPlaneTables, resolution: Resolution) -> Select[tuple[UUID]]:
+    """Expired experiments of the target whose rows are all gone."""
+    ev, ob = tables.events, tables.objects
+    has_rows = exists().where(
+        ev.c.object_type == ObjectType.EXPERIMENT.value, ev.c.object_id == ob.c.object_id
+    )
+    return expired_experiments(tables, resolution).where(~has_rows)
+
+
+def registry_left(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> bool:
+    """A registry entry ``delete_registry_batch`` would remove is still there (``rows_left``
+    for the registry)."""
+    return conn.execute(_registry_victims(tables, resolution).limit(1)).first() is not None
+
+
 def delete_registry_batch(
     conn: Connection, tables: DataPlaneTables, resolution: Resolution, limit: int
 ) -> int:
@@ -609,12 +686,7 @@ def delete_registry_batch(
     has_rows = exists().where(
         ev.c.object_type == ObjectType.EXPERIMENT.value, ev.c.object_id == ob.c.object_id
     )
-    victims = (
-        expired_experiments(tables, resolution)
-        .where(~has_rows)
-        .order_by(ob.c.object_id)
-        .limit(limit)
-    )
+    victims = _registry_victims(tables, resolution).order_by(ob.c.object_id).limit(limit)
     assert resolution.cutoff is not None
     statement = delete(ob).where(  # the predicate again, for rows changed meanwhile
         ob.c.object_id.in_(victims.scalar_subquery()),

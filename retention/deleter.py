@@ -126,10 +126,14 @@ def _rows_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -> Ch
     )
     if ctx.progress is not None:
         ctx.progress.advance(result.rows)
+    cursor = result.last or checkpoint.cursor
+    more = result.rows >= ctx.batch_size or dataplane.rows_left(
+        ctx.conn, ctx.tables, target.resolution, cursor
+    )
     checkpoint = replace(
         checkpoint,
-        phase=after_rows(target, ctx) if result.rows < ctx.batch_size else Phase.ROWS,
-        cursor=result.last or checkpoint.cursor,
+        phase=Phase.ROWS if more else after_rows(target, ctx),
+        cursor=cursor,
         rows=checkpoint.rows + result.rows,
         batches=checkpoint.batches + 1,
     )
@@ -154,10 +158,14 @@ def _segments_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -
         ctx.batch_size,
         ctx.clock(),
     )
+    last = marked.last or checkpoint.segment_cursor
+    more = marked.segments >= ctx.batch_size or segments.marks_left(
+        ctx.conn, ctx.tables, target.resolution, last
+    )
     checkpoint = replace(
         checkpoint,
-        phase=_after_segments(target) if marked.segments < ctx.batch_size else Phase.SEGMENTS,
-        segment_cursor=marked.last or checkpoint.segment_cursor,
+        phase=Phase.SEGMENTS if more else _after_segments(target),
+        segment_cursor=last,
         segments=checkpoint.segments + marked.segments,
         bytes=checkpoint.bytes + marked.bytes,
         batches=checkpoint.batches + 1,
@@ -170,9 +178,12 @@ def _registry_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -
     removed = dataplane.delete_registry_batch(
         ctx.conn, ctx.tables, target.resolution, ctx.batch_size
     )
+    more = removed >= ctx.batch_size or dataplane.registry_left(
+        ctx.conn, ctx.tables, target.resolution
+    )
     checkpoint = replace(
         checkpoint,
-        phase=Phase.DONE if removed < ctx.batch_size else Phase.REGISTRY,
+        phase=Phase.REGISTRY if more else Phase.DONE,
         objects=checkpoint.objects + removed,
         batches=checkpoint.batches + 1,
     )

@@ -63,7 +63,7 @@ from .runs import (
 )
 from .state import Checkpoint, RunRecord
 from .sweeper import SweepContext, sweep
-from .worker import Worker, utc_now
+from .worker import MAX_NOW_LEAD, Worker, utc_now
 
 __all__ = ["Worker", "explain", "plan", "purge", "utc_now"]
 
@@ -369,6 +369,12 @@ def _pinned_now(
             raise GuardError(
                 f"run {resumed.id} is unfinished (pinned now {resumed.pinned_now.isoformat()}); "
                 "finish it with 'retention purge' before applying a plan; nothing deleted"
+            )
+        clock = worker.clock()
+        if reviewed.now > clock + MAX_NOW_LEAD:  # a skewed host's plan, or an edited one
+            raise GuardError(
+                f"the plan's pinned now {reviewed.now.isoformat()} is in the future (clock "
+                f"{clock.isoformat()}); nothing deleted"
             )
         now = reviewed.now
     elif resumed is not None:

@@ -127,16 +127,26 @@ def _group(
         ctx.conn, ctx.tables, [t.resolution for t in group], ctx.batch_size
     )
     there = state.existing_checkpoints(ctx.conn, ctx.run_id, [t.key for t in group])
+
+    def rows_of(target: Target) -> int:
+        result = deleted.get((target.project_id, target.object_type.value))
+        return result.rows if result else 0
+
+    # a target that got fewer rows than planned: a row another writer changed during the
+    # lock wait is skipped by the re-check, and whatever is still expired must still go
+    short = [t.resolution for t in group if rows_of(t) < min(ctx.batch_size, t.counts.rows)]
+    left = dataplane.with_rows_left(ctx.conn, ctx.tables, short) if short else set()
     done: dict[str, Checkpoint] = {}
     receipts: list[dict[str, Any]] = []
     new: list[tuple[Any, str, Checkpoint]] = []
     for target in group:
         result = deleted.get((target.project_id, target.object_type.value))
-        rows = result.rows if result else 0
+        rows = rows_of(target)
+        more = rows >= ctx.batch_size or (target.project_id, target.object_type.value) in left
         checkpoint = initial_checkpoint(target, found.get(target.key))
         checkpoint = replace(
             checkpoint,
-            phase=after_rows(target, ctx) if rows < ctx.batch_size else Phase.ROWS,
+            phase=Phase.ROWS if more else after_rows(target, ctx),
             cursor=result.last if result else None,
             rows=checkpoint.rows + rows,
             batches=checkpoint.batches + 1,
@@ -157,9 +167,13 @@ def _group(
             marked = segments.mark_batch(
                 ctx.conn, ctx.tables, target.resolution, None, ctx.batch_size, now
             )
+            more = marked.segments >= ctx.batch_size or (
+                marked.segments < target.counts.segments
+                and segments.marks_left(ctx.conn, ctx.tables, target.resolution, marked.last)
+            )
             checkpoint = replace(
                 checkpoint,
-                phase=Phase.DONE if marked.segments < ctx.batch_size else Phase.SEGMENTS,
+                phase=Phase.SEGMENTS if more else Phase.DONE,
                 segment_cursor=marked.last,
                 segments=checkpoint.segments + marked.segments,
                 bytes=checkpoint.bytes + marked.bytes,

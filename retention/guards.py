@@ -65,15 +65,25 @@ def _max_bytes(target: Target, settings: GuardSettings) -> str:
 
 
 def _max_fraction(target: Target, settings: GuardSettings) -> str:
+    """More than the fraction of the target's rows (in ``events`` and, by their row
+    counts, in its live segments: data kept only in files counts too), or of its
+    experiments (a registry entry goes with its experiment)."""
     c = target.counts
-    if not c.total_rows or c.rows / c.total_rows <= settings.max_delete_fraction:
-        return ""
-    return (
-        f"would delete {c.rows:,} of {'' if c.total_exact else 'at least '}"
-        f"{c.total_rows:,} rows ({c.rows / c.total_rows:.1%}), "
-        f"more than the maximum fraction {settings.max_delete_fraction:g} "
-        f"(RETENTION_MAX_DELETE_FRACTION); {OVERRIDE}"
-    )
+    f = settings.max_delete_fraction
+    gone, whole = c.rows + c.segment_rows, c.total_rows + c.total_segment_rows
+    if whole and gone / whole > f:
+        return (
+            f"would delete {gone:,} of {'' if c.total_exact else 'at least '}{whole:,} rows "
+            f"({gone / whole:.1%}), more than the maximum fraction {f:g} "
+            f"(RETENTION_MAX_DELETE_FRACTION); {OVERRIDE}"
+        )
+    if c.total_objects and c.objects / c.total_objects > f:
+        return (
+            f"would delete {c.objects:,} of {c.total_objects:,} experiments "
+            f"({c.objects / c.total_objects:.1%}), more than the maximum fraction {f:g} "
+            f"(RETENTION_MAX_DELETE_FRACTION); {OVERRIDE}"
+        )
+    return ""
 
 
 def _policy_shrink(target: Target, settings: GuardSettings) -> str:

@@ -219,6 +219,9 @@ class TargetCounts:
     oldest_row: datetime | None = None
     held_objects: frozenset[UUID] = frozenset()  # objects of the target that a hold keeps
     total_exact: bool = True  # false: total_rows counted only as far as the guards need
+    total_objects: int = 0  # experiments in the target's registry (experiment targets)
+    segment_rows: int = 0  # rows in the expired segments (their row_count)
+    total_segment_rows: int = 0  # rows in all live segments of the target
 
 
 @dataclass(frozen=True)

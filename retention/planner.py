@@ -132,10 +132,19 @@ def build_plan(
     if purge_orphans:
         resolutions.extend(orphan_resolutions(orphans, policy_sets, resolved))
     many = conn.dialect.name == "postgresql"  # all logs and dataset targets at once
-    rows = (
-        dataplane.count_row_targets(conn, tables, resolutions, max_fraction, helper) if many else {}
-    )
     files = segments.count_many(conn, tables, resolutions) if many else {}
+    rows = (
+        dataplane.count_row_targets(
+            conn,
+            tables,
+            resolutions,
+            max_fraction,
+            helper,
+            {key: (f.expired_rows, f.total_rows) for key, f in files.items()},
+        )
+        if many
+        else {}
+    )
     targets = tuple(
         Target(resolution=r, counts=_counts(conn, tables, r, rows, files)) for r in resolutions
     )
@@ -173,7 +182,12 @@ def _counts(
     known = files_of.get(key)
     files = known if known is not None else segments.count(conn, tables, resolution)
     return replace(
-        rows, segments=files.expired, bytes=files.bytes, straddling_segments=files.straddling
+        rows,
+        segments=files.expired,
+        bytes=files.bytes,
+        straddling_segments=files.straddling,
+        segment_rows=files.expired_rows,
+        total_segment_rows=files.total_rows,
     )
 
 

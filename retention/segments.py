@@ -42,6 +42,8 @@ class SegmentCounts:
     expired: int = 0
     bytes: int = 0
     straddling: int = 0
+    expired_rows: int = 0  # rows in the expired segments (row_count)
+    total_rows: int = 0  # rows in the target's live segments
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ def count_many(
             func.coalesce(func.sum(case((gone, 1), else_=0)), 0),
             func.coalesce(func.sum(case((gone, sg.c.byte_size), else_=0)), 0),
             func.coalesce(func.sum(case((across, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((gone, sg.c.row_count), else_=0)), 0),
+            func.coalesce(func.sum(sg.c.row_count), 0),
         )
         .select_from(t)
         .join(
@@ -125,8 +129,10 @@ def count_many(
         .group_by(t.c.p, t.c.ty)
     )
     found = {(r.project_id, r.object_type.value): SegmentCounts() for r in chosen}
-    for project_id, object_type, files, size, straddle in conn.execute(query):
-        found[(project_id, object_type)] = SegmentCounts(int(files), int(size), int(straddle))
+    for project_id, object_type, files, size, straddle, rows, total in conn.execute(query):
+        found[(project_id, object_type)] = SegmentCounts(
+            int(files), int(size), int(straddle), int(rows), int(total)
+        )
     return found
 
 
@@ -135,14 +141,22 @@ def count(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> 
     if resolution.cutoff is None:
         return SegmentCounts()
     gone = expired(tables, resolution)
-    found, size, across = conn.execute(  # one pass over the target's live segments
+    found, size, across, rows, total = conn.execute(  # one pass over its live segments
         select(
             func.coalesce(func.sum(case((gone, 1), else_=0)), 0),
             func.coalesce(func.sum(case((gone, sg.c.byte_size), else_=0)), 0),
             func.coalesce(func.sum(case((straddling(tables, resolution), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((gone, sg.c.row_count), else_=0)), 0),
+            func.coalesce(func.sum(sg.c.row_count), 0),
         ).where(_of_target(tables, resolution), sg.c.state == LIVE)
     ).one()
-    return SegmentCounts(expired=int(found), bytes=int(size), straddling=int(across))
+    return SegmentCounts(
+        expired=int(found),
+        bytes=int(size),
+        straddling=int(across),
+        expired_rows=int(rows),
+        total_rows=int(total),
+    )
 
 
 def mark_batch(
@@ -172,6 +186,18 @@ def mark_batch(
         bytes=sum(int(row[1]) for row in marked),
         last=marked[-1][0] if marked else None,
     )
+
+
+def marks_left(
+    conn: Connection, tables: DataPlaneTables, resolution: Resolution, after: UUID | None
+) -> bool:
+    """An expired live segment of the target past ``after`` is still there (a short mark
+    batch may have met segments another writer changed meanwhile)."""
+    sg = tables.segments
+    condition = and_(expired(tables, resolution), sg.c.state == LIVE)
+    if after is not None:
+        condition = and_(condition, sg.c.segment_id > after)
+    return conn.execute(select(sg.c.segment_id).where(condition).limit(1)).first() is not None
 
 
 def unused_summary(

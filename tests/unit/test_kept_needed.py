@@ -34,9 +34,18 @@ RESOLUTION = Resolution(
 )
 
 
-def _decides(rows: int, total: int, exact: bool, fraction: float) -> bool:
-    """Whether the maximum-fraction guard refuses the target."""
-    counts = TargetCounts(rows=rows, total_rows=total, total_exact=exact)
+def _decides(
+    rows: int, total: int, exact: bool, fraction: float, segments: tuple[int, int] = (0, 0)
+) -> bool:
+    """Whether the maximum-fraction guard refuses the target (``segments``: expired and
+    live rows in its segment files)."""
+    counts = TargetCounts(
+        rows=rows,
+        total_rows=total,
+        total_exact=exact,
+        segment_rows=segments[0],
+        total_segment_rows=segments[1],
+    )
     reason = guard_target(
         Target(resolution=RESOLUTION, counts=counts), GuardSettings(max_delete_fraction=fraction)
     )
@@ -68,3 +77,25 @@ def test_at_the_boundary(rows: int) -> None:
 def test_without_a_fraction_everything_is_counted() -> None:
     assert kept_needed(5, None) == EXACT
     assert kept_needed(0, 0.5) == 1 and kept_needed(7, 1.0) == 1 and kept_needed(7, 0.0) == 1
+
+
+@given(
+    rows=st.integers(min_value=0, max_value=10**9),
+    kept=st.integers(min_value=0, max_value=10**9),
+    expired_in_files=st.integers(min_value=0, max_value=10**9),
+    kept_in_files=st.integers(min_value=0, max_value=10**9),
+    fraction=st.one_of(
+        st.floats(min_value=0, max_value=1.5, allow_nan=False),
+        st.sampled_from([0.0, 0.1, 0.25, 1 / 3, 0.5, 0.9, 0.99, 1.0]),
+    ),
+)
+def test_with_segment_rows_a_bounded_total_decides_like_the_exact_one(
+    rows: int, kept: int, expired_in_files: int, kept_in_files: int, fraction: float
+) -> None:
+    """Rows kept only in segment files count in the guard's fraction, and in the bound:
+    a target whose expired files outweigh its few event rows is still decided exactly."""
+    files = (expired_in_files, expired_in_files + kept_in_files)
+    limit = kept_needed(rows, fraction, *files)
+    counted = min(kept, limit)
+    bounded = _decides(rows, rows + counted, counted < limit, fraction, files)
+    assert bounded == _decides(rows, rows + kept, True, fraction, files)
