@@ -31,6 +31,7 @@ from . import (
     partitions,
     planfile,
     report,
+    segments,
     state,
 )
 from .db import first_line, make_engine, same_snapshot, server_now, snapshot, translate_errors
@@ -62,7 +63,7 @@ from .runs import (
     run_warnings,
 )
 from .state import Checkpoint, RunRecord
-from .sweeper import SweepContext, sweep
+from .sweeper import SweepContext, record_segments, sweep
 from .worker import MAX_NOW_LEAD, Worker, utc_now
 
 __all__ = ["Worker", "explain", "plan", "purge", "utc_now"]
@@ -359,6 +360,28 @@ class _StopCheck:
         return bool(self.reason)
 
 
+def _unmark_kept(ctx: BatchContext, the_plan: Plan) -> None:
+    """Segments marked by an earlier run that the plan's policies and holds now keep go
+    back to live before anything is swept, with a restore receipt per target."""
+    back = 0
+    for target in the_plan.targets:
+        with ctx.conn.begin():
+            files = segments.unmark_kept(ctx.conn, ctx.tables, target.resolution)
+            record_segments(
+                ctx.conn,
+                ctx.run_id,
+                ctx.clock(),
+                files,
+                action="restore",
+                source="kept now (a longer policy or a hold) since it was marked",
+            )
+        back += len(files)
+    if back:
+        log.warning(
+            "%d segments marked unused earlier are kept now (policy or hold); restored", back
+        )
+
+
 def _pinned_now(
     worker: Worker, now: datetime, resumed: RunRecord | None, reviewed: PlanFile | None
 ) -> datetime:
@@ -429,7 +452,10 @@ def _delete(
     guarded: dict[str, str],
 ) -> list[TargetOutcome]:
     """Every target: logs and dataset rows by the block sweep or keyset batches, then
-    segments and experiments target by target."""
+    segments and experiments target by target (first, marks that the plan now keeps are
+    undone)."""
+    if ctx.mark_segments:
+        _unmark_kept(ctx, the_plan)
     logs.set_action("delete")
     allowed = [t for t in the_plan.targets if t.key not in guarded]
     dropped = 0  # rows that went with whole partitions

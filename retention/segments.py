@@ -88,6 +88,32 @@ def expired(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bo
     return and_(_of_target(tables, resolution), sg.c.max_created < resolution.cutoff)
 
 
+def unmark_kept(
+    conn: Connection, tables: DataPlaneTables, resolution: Resolution
+) -> list[SegmentFile]:
+    """Unused segments of the target that its resolution now keeps (a policy lengthened or
+    a hold added since they were marked, an object held) back to live: a mark is undone
+    while its file is still there, as ``retention restore`` would."""
+    sg = tables.segments
+    rows = conn.execute(
+        update(sg)
+        .where(
+            sg.c.project_id == resolution.project_id,
+            sg.c.object_type == resolution.object_type.value,
+            sg.c.state == UNUSED,
+            not_(expired(tables, resolution)),
+        )
+        .values(state=LIVE, unused_at=None)
+        .returning(
+            sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type
+        )
+    ).all()
+    return [
+        SegmentFile(segment_id=r[0], key=r[1], bytes=int(r[2]), project_id=r[3], object_type=r[4])
+        for r in rows
+    ]
+
+
 def straddling(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bool]:
     sg = tables.segments
     if resolution.cutoff is None or resolution.object_type is ObjectType.EXPERIMENT:

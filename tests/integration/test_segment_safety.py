@@ -278,3 +278,27 @@ def test_a_store_url_pointing_elsewhere_stops_the_sweep_before_anything(
     assert segment_states(engine_for(db_url)) == before
     done = maintenance.sweep_only(_w(db_url, policies, file_store, now=later))
     assert done.outcome.files == 2 and not file_store.exists(seg["A"]["object_key"])
+
+
+def test_a_policy_lengthened_during_the_grace_period_undoes_the_mark(
+    db_url: str, file_store: FileStore, tmp_path: Path
+) -> None:
+    """Marked under a 30-day policy; before the grace period ends the policy becomes 90
+    days, which keeps the segment: the next purge puts it back to live (a restore receipt)
+    instead of sweeping it. The dataset, still under 30 days, is swept."""
+    policies, seg = _world(db_url, file_store, tmp_path, NOW)
+    purge(_w(db_url, policies, file_store))  # marks A and D at NOW, grace 24 h
+    write_policies(policies, policy_toml(projects=[(P, {"project_logs": 90, "dataset": 30})]))
+    later = NOW + timedelta(hours=25)
+    report = purge(_w(db_url, policies, file_store, now=later))
+    states = segment_states(engine_for(db_url))
+    assert states[str(seg["A"]["segment_id"])][0] == "live"
+    assert file_store.exists(seg["A"]["object_key"])
+    assert str(seg["D"]["segment_id"]) not in states
+    assert not file_store.exists(seg["D"]["object_key"])
+    assert report.sweep is not None and report.sweep.files == 1
+    with engine_for(db_url).connect() as conn:
+        restored = conn.exec_driver_sql(
+            "SELECT object_type, segments FROM retention_receipts WHERE action = 'restore'"
+        ).all()
+    assert [tuple(r) for r in restored] == [("project_logs", 1)]
