@@ -125,6 +125,17 @@ def _deleting_run(
 
 
 def _publish(worker: engine.Worker, result: RunReport | None, code: int, seconds: float) -> None:
+    """The run's metrics; never raises (it runs in a ``finally``: the run's own exit code
+    and error must come through)."""
+    try:
+        _publish_metrics(worker, result, code, seconds)
+    except Exception as exc:  # logged; the run's outcome stands
+        log.error("metrics: not published: %s", type(exc).__name__)
+
+
+def _publish_metrics(
+    worker: engine.Worker, result: RunReport | None, code: int, seconds: float
+) -> None:
     settings = worker.settings
     if settings.metrics_textfile is None and settings.pushgateway_url is None:
         return
@@ -192,6 +203,12 @@ def schedule(args: argparse.Namespace, settings: Settings) -> int:
             except RetentionError as error:
                 log.error("run failed: %s", error.message)
                 code = int(error.exit_code)
+            last = None
+            if code != 0:  # after a success its own end is the last success
+                try:
+                    last = engine.last_success(engine.Worker.from_settings(settings))
+                except RetentionError:
+                    last = None
             metrics.update(
                 registry,
                 metrics.RunMetrics(
@@ -199,7 +216,7 @@ def schedule(args: argparse.Namespace, settings: Settings) -> int:
                     exit_code=code,
                     duration_seconds=time.monotonic() - started,
                     finished=engine.utc_now(),
-                    last_success=None,
+                    last_success=last,
                 ),
             )
             if result is not None:
@@ -208,7 +225,7 @@ def schedule(args: argparse.Namespace, settings: Settings) -> int:
             return code
 
         codes = scheduler.run_forever(
-            plan, once, clock=engine.utc_now, sleep=time.sleep, should_stop=stop
+            plan, once, clock=engine.utc_now, sleep=stop.wait, should_stop=stop
         )
     return int(ExitCode.PARTIAL) if stop() and codes and codes[-1] == ExitCode.PARTIAL else 0
 

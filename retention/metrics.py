@@ -167,5 +167,5 @@ def publish(run: RunMetrics, *, textfile: Path | None, pushgateway: str | None) 
     if pushgateway is not None:
         try:
             push(pushgateway, registry)
-        except OSError as exc:
+        except Exception as exc:  # a bad URL raises ValueError, not OSError
             log.error("metrics: cannot push to the Pushgateway: %s", type(exc).__name__)

@@ -44,11 +44,24 @@ class CronSchedule:
         self._rng = rng or random.Random()  # noqa: S311 - spreading start times, not security
 
     def next_fire(self, after: datetime) -> datetime:
-        """The first scheduled time after ``after``, plus a random jitter in [0, jitter]."""
+        """The first scheduled time after ``after``, plus a random jitter in [0, jitter].
+
+        On the night the clocks go back, a wall-clock time happens twice; like cron and
+        systemd timers, the schedule fires at its first occurrence only."""
         local = after.astimezone(self.zone)
-        fire: datetime = croniter(self.expression, local).get_next(datetime)
+        times = croniter(self.expression, local)
+        fire: datetime = times.get_next(datetime)
+        while fire.fold == 1 or _repeated(fire):
+            fire = times.get_next(datetime)
         delay = self._rng.uniform(0, self.jitter.total_seconds()) if self.jitter else 0.0
         return fire.astimezone(UTC) + timedelta(seconds=delay)
+
+
+def _repeated(fire: datetime) -> bool:
+    """``fire`` is the second occurrence of its wall-clock time (the hour repeated when the
+    clocks go back): an hour earlier in UTC, the same wall-clock time was already there."""
+    earlier = (fire.astimezone(UTC) - timedelta(hours=1)).astimezone(fire.tzinfo)
+    return earlier.replace(tzinfo=None) == fire.replace(tzinfo=None)
 
 
 def run_forever(

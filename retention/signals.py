@@ -28,14 +28,21 @@ class StopFlag:
     def __init__(self, bound: float | None = None) -> None:
         self.signal: int | None = None
         self.bound = bound
+        self._stopped = threading.Event()
 
     def __call__(self) -> bool:
         return self.signal is not None
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, less if a stop signal comes (an idle scheduler stops at
+        once, well inside the bound, instead of sleeping on until the timer gives up)."""
+        self._stopped.wait(seconds)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.signal is not None:
             os._exit(int(ExitCode.PARTIAL))  # second signal: stop now; the batch rolls back
         self.signal = signum
+        self._stopped.set()
         log.warning(
             "%s received: stopping after the batch in flight (again to stop at once)",
             signal.Signals(signum).name,
