@@ -227,23 +227,35 @@ class HoldWatcher:
     """The holds of a policy folder, re-read when a file changes (checked before each batch).
 
     A hold added while a run is in progress takes effect at the next batch of its target.
-    A policy file that breaks while the run goes on stops the run (``PolicyError``).
+    A policy file that breaks while the run goes on stops the run (``PolicyError``), and so
+    does a folder that was there and is gone, or a file that cannot be read: holds that
+    cannot be read are not taken as no holds.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._stamp: tuple[tuple[str, int, int], ...] | None = None
         self._holds: tuple[Hold, ...] = ()
+        self._seen = False  # the folder was there at a read
 
     def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
         if not self.path.is_dir():
+            if self._seen:
+                raise PolicyError(
+                    f"policy folder {self.path} is gone during the run; stopping, since its "
+                    "holds cannot be checked"
+                )
             return ()
+        self._seen = True
         stamps = []
         for file in sorted(self.path.glob("*.toml")):
             try:
                 info = file.stat()
-            except OSError:
-                continue
+            except OSError as exc:
+                raise PolicyError(
+                    f"{file}: cannot read during the run ({type(exc).__name__}); stopping, "
+                    "since its holds cannot be checked"
+                ) from exc
             stamps.append((file.name, info.st_mtime_ns, info.st_size))
         return tuple(stamps)
 

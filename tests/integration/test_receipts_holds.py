@@ -13,6 +13,7 @@ from uuid import UUID
 import pytest
 
 from retention import engine as engine_module
+from retention.errors import PolicyError
 from retention.models import RunStatus
 from tests.acceptance.cli import clean_env, run
 from tests.conftest import engine_for
@@ -287,3 +288,34 @@ def test_an_object_hold_added_during_the_run_keeps_that_object(db_url: str, tmp_
         for e in scenario.events
         if e["object_type"] == "dataset" and e["created"] < NOW - timedelta(days=5)
     ) - (len(expired_kept) - len(gone_of_kept))
+
+
+def test_a_policy_folder_gone_during_the_run_stops_it(db_url: str, tmp_path: Path) -> None:
+    """Holds that cannot be read are not taken as no holds: the folder unmounted (or
+    removed) during the run stops it at the next batch (exit 2), and the held project's
+    rows stay, as do the rows of every batch not yet run."""
+    scenario = generate(66, projects=2, events=1200)
+    _first, second = sorted(scenario.project_ids())
+    insert(engine_for(db_url), scenario)
+    policies = write_policies(
+        tmp_path / "p",
+        policy_toml(
+            defaults={"project_logs": 5},
+            holds=[{"project": str(second), "reason": "legal matter"}],
+        ),
+    )
+    before = surviving_rows(engine_for(db_url))
+    held = {e["id"] for e in scenario.events if e["project_id"] == second}
+    calls = {"n": 0}
+
+    def unmount_after_two_batches() -> bool:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            policies.rename(tmp_path / "unmounted")
+        return False
+
+    with pytest.raises(PolicyError, match="is gone during the run"):
+        purge(worker(db_url, policies, batch_size=10, should_stop=unmount_after_two_batches))
+    left = surviving_rows(engine_for(db_url))
+    assert held <= left
+    assert len(before - left) == 20  # the two batches before the folder went
