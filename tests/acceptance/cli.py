@@ -52,3 +52,21 @@ def run(
         check=False,
     )
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+def start_schedule(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """``retention schedule`` firing every 2 seconds and serving ``/metrics`` on ``port``."""
+    return subprocess.Popen(
+        [
+            retention_command(),
+            "schedule",
+            "--cron",
+            "* * * * * */2",
+            "--metrics-port",
+            str(port),
+            "--allow-large-deletes",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

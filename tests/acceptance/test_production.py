@@ -15,7 +15,7 @@ from uuid import UUID
 import pytest
 import sqlalchemy as sa
 
-from tests.acceptance.cli import clean_env, retention_command, run
+from tests.acceptance.cli import clean_env, retention_command, run, start_schedule
 from tests.conftest import engine_for
 from tests.fakecp import FakeControlPlane, project, retention_automation
 from tests.pg import free_port
@@ -193,20 +193,7 @@ def test_schedule_runs_and_serves_metrics(pg_url: str, tmp_path: Path) -> None:
         RETENTION_NOW=NOW.isoformat(),
         RETENTION_LOG_FORMAT="json",
     )
-    process = subprocess.Popen(
-        [
-            retention_command(),
-            "schedule",
-            "--cron",
-            "* * * * * */2",
-            "--metrics-port",
-            str(port),
-            "--allow-large-deletes",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_schedule(env, port)
     try:
         values: dict[str, float] = {}
         deadline = time.monotonic() + 60
