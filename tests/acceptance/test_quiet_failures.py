@@ -55,10 +55,9 @@ def _metrics(port: int) -> dict[str, float]:
 def test_a_bad_pushgateway_url_does_not_fail_a_completed_run(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    """metrics.publish: "a metrics failure is logged, never fails the run". A Pushgateway URL
-    that urllib rejects with ValueError (http.client.InvalidURL) escapes publish() from the
-    ``finally`` of commands._deleting_run: the purge is done and recorded as succeeded, yet
-    the command exits 1 and the JSON report never reaches stdout (DESIGN §5: 0 done)."""
+    """A metrics failure is logged and never fails the run: a Pushgateway URL that urllib
+    rejects with ValueError (http.client.InvalidURL), raised in the ``finally`` of the run,
+    leaves the succeeded purge at exit 0 with its JSON report on stdout (DESIGN §5)."""
     insert(engine_for(sqlite_url), _scenario())
     env = clean_env(
         RETENTION_DATABASE_URL=sqlite_url,
@@ -75,11 +74,9 @@ def test_a_bad_pushgateway_url_does_not_fail_a_completed_run(
 
 
 def test_an_idle_schedule_stops_at_once_and_cleanly_on_sigterm(tmp_path: Path) -> None:
-    """``schedule`` between runs: SIGTERM should end the loop with exit 0 (commands.schedule
-    returns 0 unless the last run was partial). The loop sleeps up to MAX_NAP (30 s; PEP 475
-    resumes the sleep after the handler), so the stop timer (RETENTION_STOP_TIMEOUT, 10 s)
-    fires first: it logs "not stopped within 10s ... the batch rolls back" and os._exit(5),
-    i.e. an idle stop is reported as a partial run."""
+    """``schedule`` between runs: SIGTERM ends the loop at once with exit 0. Its sleep waits
+    on the stop flag (a plain sleep would resume after the handler, PEP 475, and the stop
+    timer would report the idle stop as a partial run: exit 5 after 10 s)."""
     env = clean_env(
         RETENTION_STATE_DIR=str(tmp_path),
         RETENTION_POLICY_DIR=str(_policies(tmp_path)),
