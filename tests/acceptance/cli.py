@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,3 +74,36 @@ def start_schedule(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def kill_when(args: list[str], env: dict[str, str], ready: Callable[[], bool]) -> bool:
+    """Run ``retention *args`` and SIGKILL it once ``ready()``; True if it died mid-run.
+
+    A run that ends by itself before ``ready()`` must have succeeded (exit 0); its stderr is
+    printed otherwise. ``ready()`` is polled every few milliseconds, so it must not wait on
+    the run (tests put SQLite files in write-ahead logging, as 'retention db upgrade' does).
+    """
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(
+            [retention_command(), *args], env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    assert process.returncode == 0, f"the run failed ({process.returncode})"
+                    return False
+                if ready():
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(timeout=30)
+                    return process.returncode == -signal.SIGKILL
+                time.sleep(0.005)
+            raise AssertionError("the run made no progress")
+        except AssertionError:
+            stderr.seek(0)
+            print(stderr.read()[-2000:])
+            raise
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

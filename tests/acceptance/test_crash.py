@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import random
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 
-from retention.db import make_engine, parse_database_url
-from tests.acceptance.cli import clean_env, retention_command, run
+from retention.db import make_engine, parse_database_url, use_wal
+from tests.acceptance.cli import clean_env, kill_when, run
 from tests.conftest import PgServer, engine_for
 from tests.support import (
     NOW,
@@ -89,29 +87,9 @@ def _kill_after(url: str, env: dict[str, str], deleted: int) -> bool:
     Returns whether the kill landed while the purge was still running.
     """
     remaining_below = _count(url) - deleted + 1
-    process = subprocess.Popen(
-        [retention_command(), "purge", "--yes", "--allow-large-deletes"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    return kill_when(
+        ["purge", "--yes", "--allow-large-deletes"], env, lambda: _count(url) < remaining_below
     )
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                return False
-            if _count(url) < remaining_below:
-                process.send_signal(signal.SIGKILL)
-                process.wait(timeout=30)
-                return process.returncode == -signal.SIGKILL
-            time.sleep(0.01)
-        raise AssertionError("the purge made no progress")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
 
 
 @pytest.mark.slow
@@ -135,6 +113,7 @@ def test_sigkill_at_random_points_then_rerun(
         killed_path, calm_path = tmp_path / "killed.sqlite3", tmp_path / "calm.sqlite3"
         shutil.copyfile(sqlite_template, killed_path)
         killed_url = f"sqlite:///{killed_path}"
+        use_wal(engine_for(killed_url))  # as 'retention db upgrade' leaves it
         insert(engine_for(killed_url), scenario)
         shutil.copyfile(killed_path, calm_path)
         calm_url = f"sqlite:///{calm_path}"
