@@ -274,6 +274,11 @@ def _segment_commands(command: Command) -> None:
         "only the second phase: delete the files of segments unused for longer than the "
         "grace period (RETENTION_GRACE_PERIOD), then their index rows",
     )
+    sweep.add_argument(
+        "--max-runtime",
+        metavar="DURATION",
+        help="RETENTION_MAX_RUNTIME: stop at a batch boundary after this long (exit 5)",
+    )
     sweep.add_argument("--format", choices=("table", "json"), default="table")
     sweep.set_defaults(handler=commands.sweep)
 

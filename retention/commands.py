@@ -384,7 +384,7 @@ def join(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def sweep(args: argparse.Namespace, settings: Settings) -> int:
-    with stop_on_signals() as stop:
+    with stop_on_signals(settings.stop_timeout.total_seconds()) as stop:
         worker = engine.Worker.from_settings(settings, should_stop=stop)
         done = maintenance.sweep_only(worker)
     outcome = done.outcome

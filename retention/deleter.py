@@ -53,6 +53,9 @@ def gave_up_note(waits: int) -> str:
     )
 
 
+GROW_AFTER = 4  # batches in a row without a timeout before a halved batch size doubles back
+
+
 def lock_pause(streak: int) -> float:
     """Seconds to wait after the ``streak``-th timed-out batch in a row."""
     return float(min(0.1 * 2**streak, 5.0))
@@ -240,7 +243,7 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
     if checkpoint.phase is Phase.SEGMENTS and not ctx.mark_segments:
         checkpoint = replace(checkpoint, phase=_after_segments(target))
     step = ctx
-    waits = streak = 0
+    waits = streak = calm = 0
     longest = 0.0  # the longest batch transaction, seconds
     while checkpoint.phase is not Phase.DONE:
         if ctx.should_stop():
@@ -261,6 +264,9 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
                 checkpoint = _steps(step, target, checkpoint)
             longest = max(longest, time.monotonic() - began)
             streak = 0
+            calm += 1
+            if step.batch_size < ctx.batch_size and calm >= GROW_AFTER:  # the lock has passed
+                step, calm = replace(step, batch_size=min(ctx.batch_size, step.batch_size * 2)), 0
         except DBAPIError as error:
             if not timed_out(error):
                 raise
@@ -268,6 +274,7 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
             # (statement_timeout): the batch rolled back; wait, then try a smaller one.
             waits += 1
             streak += 1
+            calm = 0
             if streak > ctx.lock_retries:
                 log.error("target=%s: gave up after %d lock waits", target.key, waits)
                 return _outcome(target, checkpoint, gave_up_note(waits), waits)

@@ -54,11 +54,13 @@ from .planner import build_plan, resolve_for_data_plane
 from .policy import Resolved
 from .runs import (
     ALL_TABLES,
+    StopCheck,
     check_data_plane,
     error_text,
     finish,
     locked,
     open_run,
+    run_problem,
     run_status,
     run_warnings,
 )
@@ -267,7 +269,7 @@ def _locked_purge(
         plan=document,
         plan_hash=reviewed.hash if reviewed is not None else None,
     )
-    should_stop = _StopCheck(worker, started)
+    should_stop = StopCheck(worker, started)
 
     # marks and bookkeeping by the later clock: a host clock behind the database's must not
     # date a mark early (it would shorten the grace period)
@@ -319,10 +321,10 @@ def _locked_purge(
         the_plan, run_id, checkpoints, guarded, swept, store is not None
     )
     status = run_status(outcomes, guarded, swept)
-    reason = (should_stop.reason or None) if status is RunStatus.PARTIAL else None
+    reason = should_stop.reason if status is RunStatus.PARTIAL else ""
     if reason:
         warnings.append(f"run {run_id} {reason}: it resumes at the next run")
-    finish(conn, worker.clock, run_id, status, error=reason)
+    finish(conn, worker.clock, run_id, status, error=run_problem(reason, outcomes, guarded, swept))
     logs.set_action("report")
     log.info("run %d %s", run_id, status.value)
     return RunReport(
@@ -341,23 +343,6 @@ def _locked_purge(
         },
         sweep=swept,
     )
-
-
-class _StopCheck:
-    """Between batches: the time budget spent, or a signal; remembers which."""
-
-    def __init__(self, worker: Worker, started: float) -> None:
-        self.worker = worker
-        self.started = started
-        self.reason = ""
-
-    def __call__(self) -> bool:
-        budget = self.worker.settings.max_runtime
-        if budget is not None and time.monotonic() - self.started > budget.total_seconds():
-            self.reason = "the time budget (RETENTION_MAX_RUNTIME) was spent"
-        elif self.worker.should_stop():
-            self.reason = "stopped by a signal"
-        return bool(self.reason)
 
 
 def _unmark_kept(ctx: BatchContext, the_plan: Plan) -> None:

@@ -16,7 +16,7 @@ from .db import make_engine, server_now, snapshot, translate_errors
 from .errors import UsageError
 from .models import RunStatus, SweepOutcome
 from .objectstore import ObjectStore, open_store
-from .runs import error_text, finish, locked, open_run
+from .runs import StopCheck, error_text, finish, locked, open_run, run_problem
 from .segments import RestoreFilter, RestoreResult
 from .sweeper import SweepContext, record_segments, sweep
 from .worker import Worker
@@ -47,6 +47,7 @@ def sweep_only(worker: Worker) -> SweepReport:
     """The second phase alone: files of segments unused for longer than the grace period."""
     store = _store(worker, "there is nothing to sweep")
     started = time.monotonic()
+    stop = StopCheck(worker, started)  # RETENTION_MAX_RUNTIME, or a signal
     with locked(worker, ("segments",)) as conn:
         server = server_now(conn)
         now = worker.pinned_now(server)
@@ -63,7 +64,7 @@ def sweep_only(worker: Worker) -> SweepReport:
                     threshold=threshold,
                     batch_size=worker.settings.sweep_batch_size,
                     clock=worker.clock,
-                    should_stop=worker.should_stop,
+                    should_stop=stop,
                     holds=worker.active_holds(now),
                 )
             )
@@ -71,7 +72,13 @@ def sweep_only(worker: Worker) -> SweepReport:
             finish(conn, worker.clock, run_id, RunStatus.FAILED, error=error_text(error))
             raise
         report = SweepReport(run_id, threshold, outcome, time.monotonic() - started)
-        finish(conn, worker.clock, run_id, report.status)
+        finish(
+            conn,
+            worker.clock,
+            run_id,
+            report.status,
+            error=run_problem(stop.reason, (), {}, outcome),
+        )
         return report
 
 

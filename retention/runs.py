@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -127,6 +128,52 @@ def run_status(
     if stopped or (swept is not None and (swept.stopped or swept.failed or swept.refused)):
         return RunStatus.PARTIAL
     return RunStatus.GUARDED if guarded else RunStatus.SUCCEEDED
+
+
+STOPPED_BY_BUDGET = "the time budget (RETENTION_MAX_RUNTIME) was spent"
+STOPPED_BY_SIGNAL = "stopped by a signal"
+STOPS = frozenset({STOPPED_BY_BUDGET, STOPPED_BY_SIGNAL})  # partial, and nothing went wrong
+
+
+class StopCheck:
+    """Between batches: the time budget spent, or a signal; remembers which."""
+
+    def __init__(self, worker: Worker, started: float) -> None:
+        self.worker = worker
+        self.started = started
+        self.reason = ""
+
+    def __call__(self) -> bool:
+        budget = self.worker.settings.max_runtime
+        if budget is not None and time.monotonic() - self.started > budget.total_seconds():
+            self.reason = STOPPED_BY_BUDGET
+        elif self.worker.should_stop():
+            self.reason = STOPPED_BY_SIGNAL
+        return bool(self.reason)
+
+
+def run_problem(
+    stop: str,
+    outcomes: Sequence[TargetOutcome],
+    guarded: Mapping[str, str],
+    swept: SweepOutcome | None,
+) -> str | None:
+    """What the run records as its error when it did not simply succeed: the stop reason,
+    the guards that held targets back, targets given up on, files not deleted. ``retention
+    status`` calls a run unhealthy when this is anything but a stop (``STOPS``)."""
+    parts = [stop] if stop else []
+    if guarded:
+        held = "; ".join(f"{key}: {why}" for key, why in sorted(guarded.items()))
+        parts.append(f"held back by a guard: {held}")
+    if not stop:  # a stop leaves targets unfinished by design; anything else is a problem
+        left = [f"{o.target.key} ({o.note})" for o in outcomes if o.phase is not Phase.DONE]
+        if left:
+            parts.append(f"unfinished: {'; '.join(left)}")
+    if swept is not None and (swept.failed or swept.refused):
+        parts.append(
+            f"segment files not deleted: {swept.failed:,} failed, {swept.refused:,} refused"
+        )
+    return "; ".join(parts)[:500] if parts else None
 
 
 def error_text(error: BaseException) -> str:

@@ -1,7 +1,9 @@
 """``retention status``: last runs, runs in progress with their checkpoints, the backlog and
 lag past cutoff per object type, and a health verdict for probes and alerts.
 
-Unhealthy (exit 1) when the last purge failed, or the last success is older than
+Unhealthy (exit 1) when the last purge failed, was held back by a guard, or ended partial
+for any reason but a stop (time budget, signal): files the store did not delete, keys
+refused, a target given up after lock timeouts. Also when the last success is older than
 ``--max-age`` (or there never was one).
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 from . import engine, migrate, state
 from .db import make_engine, snapshot, translate_errors
 from .models import OBJECT_TYPES, RunStatus
+from .runs import STOPS
 from .state import Checkpoint, RunSummary
 from .worker import Worker
 
@@ -69,6 +72,18 @@ def collect(worker: Worker, *, max_age: timedelta | None, backlog: bool = True) 
     )
     if last is not None and last.status == RunStatus.FAILED.value:
         report.problems.append(f"the last run ({last.id}) failed: {last.error or 'no error'}")
+    elif last is not None and last.status == RunStatus.GUARDED.value:
+        report.problems.append(
+            f"the last run ({last.id}) was {last.error or 'held back by a guard'}; review it "
+            "with 'retention purge --dry-run'"
+        )
+    elif (
+        last is not None
+        and last.status == RunStatus.PARTIAL.value
+        and last.error
+        and last.error not in STOPS
+    ):
+        report.problems.append(f"the last run ({last.id}) is partial: {last.error}")
     if max_age is not None:
         if last_success is None:
             report.problems.append("no successful run yet")

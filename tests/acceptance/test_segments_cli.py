@@ -122,7 +122,12 @@ def test_reports_sweep_restore_and_check_commands(
 
     purged_again = run("purge", "--yes", env=env)
     assert purged_again.code == 0, purged_again.stderr
-    swept = run("sweep", "--format", "json", env=env | {"RETENTION_GRACE_PERIOD": "0"})
+    past_grace = env | {"RETENTION_GRACE_PERIOD": "0"}
+    budget = run("sweep", "--max-runtime", "0s", "--format", "json", env=past_grace)
+    assert budget.code == 5, budget.stderr  # spent before the first batch: resumable
+    assert json.loads(budget.stdout)["status"] == "partial"
+    assert json.loads(budget.stdout)["files"] == 0 and len(file_store.keys()) == 20
+    swept = run("sweep", "--format", "json", env=past_grace)
     assert swept.code == 0, swept.stderr
     assert json.loads(swept.stdout)["files"] == 10
     assert len(file_store.keys()) == 10
