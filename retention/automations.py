@@ -112,6 +112,10 @@ def parse_automations(
         automation_id = _uuid(item, "id", where)
         name = _string(item, "name", where)
         project_id = None if org else _uuid(item, "project_id", where)
+        if org and item.get("project_id") is not None:
+            # an org automation is for every project; one that names a project is neither
+            # (the spec does not say), so it is not guessed at
+            _bad(where, "project_id", item.get("project_id"))
         config = item.get("config")
         if not isinstance(config, dict):
             _bad(where, "config", config)

@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -318,7 +319,7 @@ class ControlPlaneClient:
             if not page:
                 return items
             for item in page:
-                same = str(item["id"]).strip().lower()  # ids are UUIDs: any spelling is one id
+                same = _same_id(item["id"])  # ids are UUIDs: any spelling is one id
                 if same in seen_ids:
                     raise ControlPlaneError(
                         f"control plane returned id {item['id']} twice in GET /{path}"
@@ -369,3 +370,13 @@ def open_client(
         yield client
     finally:
         client.close()
+
+
+def _same_id(value: Any) -> str:
+    """One spelling for one UUID (hyphens or not, braces, ``urn:uuid:``, any case), so a
+    duplicate is seen whatever its spelling; anything else as it came, trimmed."""
+    text = str(value).strip()
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return text.lower()

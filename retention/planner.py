@@ -13,6 +13,7 @@ from uuid import UUID
 from sqlalchemy import Connection
 
 from . import dataplane, segments
+from .errors import ControlPlaneError
 from .models import (
     OBJECT_TYPES,
     Orphan,
@@ -48,7 +49,10 @@ def split_orphans(
     if known is None:
         return set(data_projects), {}
     live = {p.project_id for p in known if p.deleted_at is None}
-    deleted = {p.project_id for p in known if p.deleted_at is not None} - live
+    deleted = {p.project_id for p in known if p.deleted_at is not None}
+    if live & deleted:  # one project both ways: the listing cannot be trusted either way
+        both = ", ".join(sorted(str(p) for p in live & deleted)[:3])
+        raise ControlPlaneError(f"control plane lists project {both} as both live and deleted")
     orphans = {
         project: ("deleted" if project in deleted else "unknown")
         for project in data_projects - live

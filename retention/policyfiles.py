@@ -234,11 +234,11 @@ class HoldWatcher:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._stamp: tuple[tuple[str, int, int, int, int], ...] | None = None
         self._holds: tuple[Hold, ...] = ()
         self._seen = False  # the folder was there at a read
 
-    def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
+    def _current_stamp(self) -> tuple[tuple[str, int, int, int, int], ...]:
         if not self.path.is_dir():
             if self._seen:
                 raise PolicyError(
@@ -256,7 +256,11 @@ class HoldWatcher:
                     f"{file}: cannot read during the run ({type(exc).__name__}); stopping, "
                     "since its holds cannot be checked"
                 ) from exc
-            stamps.append((file.name, info.st_mtime_ns, info.st_size))
+            # ctime and inode too: a rewrite that keeps size and mtime (cp -p, coarse file
+            # system clocks) still changes them
+            stamps.append(
+                (file.name, info.st_mtime_ns, info.st_size, info.st_ctime_ns, info.st_ino)
+            )
         return tuple(stamps)
 
     def __call__(self) -> tuple[Hold, ...]:
