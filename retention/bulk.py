@@ -235,10 +235,17 @@ def drop_partitions(
         try:
             with ctx.conn.begin():
                 partitions.lock_writes(ctx.conn, part)
+                if not partitions.still_a_leaf(ctx.conn, ctx.tables, part):
+                    log.warning("partition %s: no longer a partition of events; left alone", name)
+                    continue
                 inside = partitions.contents(ctx.conn, ctx.tables, part, current)
                 if inside.kept or not inside.expired:
                     log.info("partition %s: %d rows kept; not dropped", name, inside.kept)
                     continue
+                if partitions.waiting_on(ctx.conn, part):  # writers queued behind the lock
+                    log.warning("partition %s: writers waiting; its rows go by the row path", name)
+                    continue
+                partitions.bound_parent_wait(ctx.conn)
                 record(
                     ctx,
                     current,

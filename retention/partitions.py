@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.schema import DropTable
-from sqlalchemy.types import DateTime
+from sqlalchemy.types import BigInteger, DateTime
 
 from .blocksweep import SweepSet, target_arrays
 from .models import ObjectType
@@ -51,6 +51,8 @@ class Partition:
     schema: str
     name: str
     upper: datetime | None  # every row is older than this (None: no such bound is known)
+    oid: int = 0  # the table, as listed; ``still_a_leaf`` checks that it still is one
+    bound: str = ""  # its partition bound, as listed
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ def leaves(conn: Connection, tables: DataPlaneTables) -> list[Partition]:
             pg_class.c.relname,
             tree.c.level,
             func.pg_get_expr(pg_class.c.relpartbound, pg_class.c.oid),
+            cast(pg_class.c.oid, BigInteger),
         )
         .select_from(tree)
         .join(pg_class, pg_class.c.oid == tree.c.relid)
@@ -96,15 +99,67 @@ def leaves(conn: Connection, tables: DataPlaneTables) -> list[Partition]:
         return []
     on_created = _created_key(conn, tables)
     found = []
-    for schema, name, level, bound in rows:
+    for schema, name, level, bound, oid in rows:
         upper = None
         match = _UPPER.search(bound or "")
         if on_created and level == 1 and match:
-            upper = conn.execute(
-                select(cast(literal(match.group(1)), DateTime(timezone=True)))
-            ).scalar_one()
-        found.append(Partition(schema=schema, name=name, upper=upper))
+            value = cast(literal(match.group(1)), DateTime(timezone=True))
+            # TO ('infinity') is no bound a row is older than (nor a Python datetime)
+            upper = conn.execute(select(case((func.isfinite(value), value)))).scalar_one()
+        found.append(
+            Partition(schema=schema, name=name, upper=upper, oid=int(oid), bound=bound or "")
+        )
     return found
+
+
+def still_a_leaf(conn: Connection, tables: DataPlaneTables, part: Partition) -> bool:
+    """Is ``part`` (locked by the caller) still the partition of ``events`` it was when
+    listed: the same table under the same name, attached with the same bound, and not being
+    detached (``DETACH ... CONCURRENTLY`` half done)? Someone may have detached it to keep
+    it, renamed it or swapped another table in since."""
+    name = conn.dialect.identifier_preparer.format_table(_ddl_table(part))
+    found = conn.execute(
+        text(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhrelid = CAST(:oid AS oid) AND c.oid = to_regclass(:name) "
+            "AND i.inhparent = CAST(:rel AS regclass) "
+            "AND pg_get_expr(c.relpartbound, c.oid) = :bound "
+            # inhdetachpending is PostgreSQL 14+; read through jsonb so older servers work
+            "AND NOT coalesce((to_jsonb(i) ->> 'inhdetachpending')::boolean, false)"
+        ),
+        {"oid": part.oid, "name": name, "rel": _name(conn, tables), "bound": part.bound},
+    ).scalar_one()
+    return bool(found)
+
+
+def waiting_on(conn: Connection, part: Partition) -> int:
+    """Sessions waiting for a lock on ``part`` (writers queued behind the caller's lock)."""
+    return int(
+        conn.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'relation' "
+                "AND relation = CAST(:oid AS oid) AND NOT granted"
+            ),
+            {"oid": part.oid},
+        ).scalar_one()
+    )
+
+
+def bound_parent_wait(conn: Connection) -> None:
+    """For the rest of the transaction, wait for a lock at most half of ``deadlock_timeout``
+    (and never longer than the lock_timeout already set).
+
+    Dropping a locked partition then asks for the parent's lock, the opposite order from a
+    writer (parent, then partition). A writer that queued after ``waiting_on`` looked has
+    waited less than this when the worker gives up, so PostgreSQL's deadlock check never
+    fires in the writer: the worker is the one that gives way."""
+    conn.exec_driver_sql(
+        "SELECT set_config('lock_timeout', (CASE WHEN cur > 0 AND cur < half THEN cur "
+        "ELSE half END)::text || 'ms', true) FROM (SELECT "
+        "(SELECT setting::bigint FROM pg_settings WHERE name = 'lock_timeout') AS cur, "
+        "greatest((SELECT setting::bigint FROM pg_settings WHERE name = 'deadlock_timeout') "
+        "/ 2, 1) AS half) s"
+    )
 
 
 def _created_key(conn: Connection, tables: DataPlaneTables) -> bool:
