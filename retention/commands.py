@@ -101,7 +101,9 @@ def _deleting_run(
     code = int(ExitCode.UNEXPECTED)
     try:
         if args.dry_run:
-            result = engine.plan(worker, purge_orphans=args.purge_orphans)
+            # a dry run's JSON is a plan file: it names what expires
+            identify = _format(args) == "json"
+            result = engine.plan(worker, purge_orphans=args.purge_orphans, identify=identify)
             return 0, result
         confirm = None if args.yes or not sys.stdin.isatty() else _confirm()
         result = engine.purge(
@@ -269,7 +271,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 def _check_plan(worker: engine.Worker, reviewed: planfile.PlanFile) -> int:
     """``purge --dry-run --plan FILE``: would the plan still apply? Exit 6 if not."""
     planfile.check_age(reviewed, worker.clock(), worker.settings.plan_max_age)
-    fresh = engine.plan(worker, purge_orphans=reviewed.orphans, now=reviewed.now)
+    fresh = engine.plan(worker, purge_orphans=reviewed.orphans, now=reviewed.now, identify=True)
     problems = planfile.drift(reviewed, report.plan_document(fresh.plan))
     for line in problems:
         print(f"drift: {line}")

@@ -268,6 +268,16 @@ def expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Sele
     )
 
 
+def expired_experiment_ids(
+    conn: Connection, tables: DataPlaneTables, resolution: Resolution
+) -> list[UUID]:
+    """The experiments (registry entries) of an experiment target that expire, in id order."""
+    if resolution.cutoff is None or resolution.object_type is not ObjectType.EXPERIMENT:
+        return []
+    query = expired_experiments(tables, resolution)
+    return sorted(UUID(str(i)) for i in conn.execute(query).scalars())
+
+
 def _expired_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bool]:
     """The rows that ``resolution`` expires (nothing when it does not delete)."""
     ev = tables.events

@@ -325,7 +325,7 @@ def run(
             use_wal(db_engine)
         finally:
             db_engine.dispose()
-    dry = engine_module.plan(worker)
+    dry = engine_module.plan(worker, identify=True)
     # The reviewed flow: the dry run goes to a plan file, and the purge applies exactly that
     # plan (the first run on a database needs such a review).
     plan_path = settings.state_dir / "demo-plan.json"

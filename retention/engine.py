@@ -50,7 +50,7 @@ from .models import (
 )
 from .objectstore import ObjectStore, open_store
 from .planfile import PlanFile
-from .planner import build_plan, resolve_for_data_plane
+from .planner import build_plan, identities, resolve_for_data_plane
 from .policy import Resolved
 from .runs import (
     ALL_TABLES,
@@ -106,6 +106,7 @@ def _plan(
     policy_sets: Sequence[PolicySet],
     now: datetime,
     purge_orphans: bool,
+    identify: bool = False,
 ) -> Plan:
     with snapshot(conn), contextlib.ExitStack() as stack:  # one snapshot for every count
         helper = None
@@ -119,7 +120,7 @@ def _plan(
                         "plan: counting on one session; a second one could not connect: %s",
                         first_line(error),
                     )
-        return build_plan(
+        built = build_plan(
             conn,
             worker.tables,
             policy_sets,
@@ -131,12 +132,22 @@ def _plan(
             max_fraction=worker.settings.max_delete_fraction,
             helper=helper,
         )
+        if not identify:
+            return built
+        return replace(built, identities=identities(conn, worker.tables, built))
 
 
-def plan(worker: Worker, *, purge_orphans: bool = False, now: datetime | None = None) -> RunReport:
+def plan(
+    worker: Worker,
+    *,
+    purge_orphans: bool = False,
+    now: datetime | None = None,
+    identify: bool = False,
+) -> RunReport:
     """A dry run: the plan, in a read-only session. Takes no lock, writes nothing.
 
-    ``now`` re-plans at an earlier pinned time (a reviewed plan's).
+    ``now`` re-plans at an earlier pinned time (a reviewed plan's); ``identify`` names the
+    experiments and segments that expire (for a plan file, or checking one).
     """
     started = time.monotonic()
     policy_sets = worker.load_policies()
@@ -150,7 +161,7 @@ def plan(worker: Worker, *, purge_orphans: bool = False, now: datetime | None = 
                 clocks = (worker.clock(), server_now(conn))
                 now = now or worker.pinned_now(clocks[1])
                 the_plan = replace(
-                    _plan(conn, worker, policy_sets, now, purge_orphans), clocks=clocks
+                    _plan(conn, worker, policy_sets, now, purge_orphans, identify), clocks=clocks
                 )
                 warnings.extend(_pending_warning(conn, worker))
         finally:
@@ -250,7 +261,10 @@ def _locked_purge(
     reviewed = options.plan_file
     now = _pinned_now(worker, now, resumed, reviewed)
     logs.set_action("plan")
-    the_plan = replace(_plan(conn, worker, policy_sets, now, options.purge_orphans), clocks=clocks)
+    identify = reviewed is not None  # compared with the ids the plan file names
+    the_plan = replace(
+        _plan(conn, worker, policy_sets, now, options.purge_orphans, identify), clocks=clocks
+    )
     plan_done = time.monotonic()
     document = report.plan_document(the_plan)
     notes = _check_review(reviewed, document, the_plan)
@@ -378,7 +392,10 @@ def _pinned_now(
                 f"run {resumed.id} is unfinished (pinned now {resumed.pinned_now.isoformat()}); "
                 "finish it with 'retention purge' before applying a plan; nothing deleted"
             )
-        clock = worker.clock()
+        # the earlier of the host's clock and ``now`` (RETENTION_NOW, or the earlier of the
+        # host's and the database's clocks when they disagree): a host clock ahead of the
+        # database's must not let a plan from the future through
+        clock = min(worker.clock(), now)
         if reviewed.now > clock + MAX_NOW_LEAD:  # a skewed host's plan, or an edited one
             raise GuardError(
                 f"the plan's pinned now {reviewed.now.isoformat()} is in the future (clock "

@@ -7,6 +7,7 @@ fractional or zero.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -263,6 +264,14 @@ class UnusedSegments:
 
 
 @dataclass(frozen=True)
+class Identities:
+    """Which experiments (registry entries) and live segments of a target expire."""
+
+    experiments: tuple[str, ...] = ()
+    segments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Plan:
     now: datetime
     targets: tuple[Target, ...]
@@ -270,6 +279,9 @@ class Plan:
     warnings: tuple[str, ...] = ()
     unused_segments: UnusedSegments = field(default_factory=UnusedSegments)
     clocks: tuple[datetime, datetime] | None = None  # (local, database) when planned
+    # per target key, which experiments and live segments expire (ids, sorted); only for
+    # plans that are reviewed (a dry run's JSON) or apply a review
+    identities: Mapping[str, Identities] | None = None
 
     def target(self, project_id: UUID, object_type: ObjectType) -> Target | None:
         for target in self.targets:

@@ -19,7 +19,7 @@ from .errors import GuardError, UsageError
 from .models import Target, as_utc
 from .report import plan_hash
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: targets name the experiments and segments that expire
 
 
 def seal(document: dict[str, Any]) -> dict[str, Any]:
@@ -103,10 +103,17 @@ def drift(planned: PlanFile, fresh_document: dict[str, Any]) -> list[str]:
                 f"{new.get('retention_days')} days, held {old.get('held')} -> {new.get('held')}"
                 f", floor {old.get('floor_days')} -> {new.get('floor_days')})"
             )
-        for field in ("rows", "expired_objects", "segments"):
+        for field in ("rows", "expired_objects", "segments", "bytes"):
             if int(new[field]) > int(old[field]):
                 problems.append(
                     f"target {key}: {new[field]:,} {field} expire now, {old[field]:,} reviewed"
+                )
+        for field, what in (("expired_object_ids", "experiments"), ("segment_ids", "segments")):
+            unreviewed = set(new.get(field, ())) - set(old.get(field, ()))
+            if unreviewed:
+                problems.append(
+                    f"target {key}: {len(unreviewed):,} {what} expire now that the plan did "
+                    f"not review (e.g. {min(unreviewed)})"
                 )
     return problems
 

@@ -16,6 +16,7 @@ from . import dataplane, segments
 from .errors import ControlPlaneError
 from .models import (
     OBJECT_TYPES,
+    Identities,
     Orphan,
     Plan,
     PolicySet,
@@ -213,3 +214,18 @@ def _hold_warnings(
                 f"{hold.describe()}: the object belongs to project {found}; it is held there"
             )
     return warnings
+
+
+def identities(conn: Connection, tables: DataPlaneTables, plan: Plan) -> dict[str, Identities]:
+    """Which experiments and live segments each target of ``plan`` expires (in its snapshot):
+    what a reviewed plan names, so that applying it can refuse ones nobody reviewed."""
+    found = {}
+    for target in plan.targets:
+        r, c = target.resolution, target.counts
+        experiments = dataplane.expired_experiment_ids(conn, tables, r) if c.objects else []
+        files = segments.expired_live_ids(conn, tables, r) if c.segments else []
+        found[target.key] = Identities(
+            experiments=tuple(str(i) for i in experiments),
+            segments=tuple(str(i) for i in files),
+        )
+    return found

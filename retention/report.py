@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from .models import Plan, RunReport, Target, TargetOutcome, days_text
+from .models import Identities, Plan, RunReport, Target, TargetOutcome, days_text
 from .policy import Resolved
 
 FORMATS = ("table", "json", "markdown")
@@ -28,7 +28,9 @@ def _days(value: float | None) -> int | float | None:
     return int(value) if float(value).is_integer() else value
 
 
-def target_document(target: Target, outcome: TargetOutcome | None = None) -> dict[str, Any]:
+def target_document(
+    target: Target, outcome: TargetOutcome | None = None, ids: Identities | None = None
+) -> dict[str, Any]:
     r, c = target.resolution, target.counts
     doc: dict[str, Any] = {
         "project_id": str(r.project_id),
@@ -53,6 +55,8 @@ def target_document(target: Target, outcome: TargetOutcome | None = None) -> dic
         "straddling_segments": c.straddling_segments,
         "oldest_row": _iso(c.oldest_row),
     }
+    if ids is not None:  # a reviewed plan names what expires
+        doc.update(expired_object_ids=list(ids.experiments), segment_ids=list(ids.segments))
     if outcome is not None:
         doc.update(
             planned_rows=c.rows,
@@ -73,7 +77,8 @@ def target_document(target: Target, outcome: TargetOutcome | None = None) -> dic
 def report_document(report: RunReport) -> dict[str, Any]:
     outcomes = {o.target.key: o for o in report.outcomes}
     unused = report.plan.unused_segments
-    targets = [target_document(t, outcomes.get(t.key)) for t in report.plan.targets]
+    ids = report.plan.identities or {}
+    targets = [target_document(t, outcomes.get(t.key), ids.get(t.key)) for t in report.plan.targets]
     doc: dict[str, Any] = {
         "now": _iso(report.plan.now),
         "dry_run": report.dry_run,

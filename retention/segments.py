@@ -185,6 +185,15 @@ def count(conn: Connection, tables: DataPlaneTables, resolution: Resolution) -> 
     )
 
 
+def expired_live_ids(
+    conn: Connection, tables: DataPlaneTables, resolution: Resolution
+) -> list[UUID]:
+    """The live segments of a target that it expires (what a purge marks), in id order."""
+    sg = tables.segments
+    query = select(sg.c.segment_id).where(expired(tables, resolution), sg.c.state == LIVE)
+    return sorted(row[0] for row in conn.execute(query))
+
+
 def mark_batch(
     conn: Connection,
     tables: DataPlaneTables,

@@ -511,18 +511,31 @@ def add_receipt(conn: Connection, run_id: int, *, clock: datetime, **values: Any
     conn.execute(insert(receipts).values(run_id=run_id, recorded_at=clock, **values))
 
 
+SHRINK_LOOKBACK = 30  # successful purges whose plans the shrink guard looks back through
+
+
 def last_success_days(conn: Connection) -> dict[str, float]:
-    """Retention days per target in the last successful purge (for the shrink guard)."""
-    row = conn.execute(
-        select(runs.c.plan)
+    """Retention days per target for the shrink guard: for each target, its days in the
+    latest successful purge in which it had any (among the last ``SHRINK_LOOKBACK``). A
+    success in which a target was held, or had no policy (an empty policy folder, a wrong
+    org), does not make the guard forget the retention it had before."""
+    ids = conn.execute(
+        select(runs.c.id)
         .where(runs.c.status == RunStatus.SUCCEEDED.value, runs.c.mode.in_(PURGE_MODES))
         .order_by(runs.c.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return {}
+        .limit(SHRINK_LOOKBACK)
+    ).scalars()
+    found: dict[str, float] = {}
+    for run_id in list(ids):  # one plan in memory at a time: they can be large
+        text = conn.execute(select(runs.c.plan).where(runs.c.id == run_id)).scalar_one()
+        for key, days in _plan_days(text).items():
+            found.setdefault(key, days)
+    return found
+
+
+def _plan_days(text: str | None) -> dict[str, float]:
     try:
-        plan = json.loads(row[0])
+        plan = json.loads(text or "{}")
         return {
             f"{t['project_id']}/{t['object_type']}": float(t["retention_days"])
             for t in plan.get("targets", [])

@@ -123,7 +123,7 @@ def setup(pg_url: str, tmp_path: Path) -> Setup:
 def test_dry_run_output_json_is_a_sealed_plan(setup: Setup) -> None:
     document = setup.dry_run()
 
-    assert document["plan_version"] == 1
+    assert document["plan_version"] == 2
     assert str(document["hash"]).startswith("sha256:")
     assert document["dry_run"] is True
     assert document["now"] == setup.now.isoformat()
@@ -137,6 +137,8 @@ def test_dry_run_output_json_is_a_sealed_plan(setup: Setup) -> None:
     assert (held["held"], held["cutoff"], held["retention_days"]) == (True, None, None)
     for target in targets.values():
         assert {"cutoff", "source", "rows", "segments", "bytes"} <= set(target)
+        # it names what expires: applying it refuses experiments or segments not named
+        assert {"expired_object_ids", "segment_ids"} <= set(target)
     assert document["totals"] == {"rows": 17, "segments": 0, "bytes": 0}
     reviewed = planfile.read(setup.plan)  # the seal verifies
     assert reviewed.hash == document["hash"]

@@ -117,7 +117,7 @@ def _write(path: Path, document: dict[str, Any]) -> Path:
 
 
 def _sealed(w: Worker, **kwargs: Any) -> dict[str, Any]:
-    return planfile.seal(report.report_document(engine_module.plan(w, **kwargs)))
+    return planfile.seal(report.report_document(engine_module.plan(w, identify=True, **kwargs)))
 
 
 def _make_plan(w: Worker, path: Path, **kwargs: Any) -> PlanFile:
@@ -250,7 +250,7 @@ def test_plan_file_round_trip_keeps_the_document(db_url: str, tmp_path: Path) ->
     sealed = _sealed(worker(db_url, policies))
     reviewed = planfile.read(_write(tmp_path / "plan.json", sealed))
     assert reviewed.document == sealed
-    assert sealed["plan_version"] == planfile.PLAN_VERSION == 1
+    assert sealed["plan_version"] == planfile.PLAN_VERSION == 2
     assert sealed["dry_run"] is True
     assert sealed["now"] == NOW.isoformat()
     assert sealed["totals"]["rows"] == sum(PLANNED_ROWS.values()) == 10
