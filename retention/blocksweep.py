@@ -32,6 +32,7 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
@@ -84,11 +85,15 @@ class SweepSet:
 
     targets: tuple[SweepTarget, ...]
     held: frozenset[UUID] = frozenset()
+    newest_row: int | None = None  # a reviewed plan's: later rows are not deleted
 
     @property
     def signature(self) -> str:
-        """Changes when any target or cutoff changes (a resumed sweep then starts over)."""
+        """Changes when any target, cutoff or the reviewed newest row changes (a resumed
+        sweep then starts over)."""
         text = "|".join(f"{t.key}@{t.cutoff.isoformat()}" for t in self.targets)
+        if self.newest_row is not None:
+            text += f"|<={self.newest_row}"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def to_json(self) -> str:
@@ -106,6 +111,7 @@ class SweepSet:
                     for t in self.targets
                 ],
                 "held": sorted(str(h) for h in self.held),
+                "newest_row": self.newest_row,
             }
         )
 
@@ -125,6 +131,7 @@ class SweepSet:
                 for t in doc["targets"]
             ),
             held=frozenset(UUID(h) for h in doc["held"]),
+            newest_row=_int_or_none(doc.get("newest_row")),
         )
 
     def with_holds(self, holds: Sequence[Hold], now: datetime) -> SweepSet:
@@ -143,7 +150,7 @@ class SweepSet:
             if h.object_id is not None
             and any(h.covers_object(t.project_id, t.object_type) for t in targets)
         }
-        return SweepSet(targets=targets, held=self.held | objects)
+        return SweepSet(targets=targets, held=self.held | objects, newest_row=self.newest_row)
 
 
 def sweepable(targets: Sequence[Target], types: Sequence[ObjectType] = ROW_TYPES) -> SweepSet:
@@ -154,7 +161,28 @@ def sweepable(targets: Sequence[Target], types: Sequence[ObjectType] = ROW_TYPES
         if t.object_type in types and t.resolution.cutoff is not None and t.counts.rows
     ]
     held = frozenset(h for t in chosen for h in t.resolution.held_object_ids)
-    return SweepSet(targets=tuple(SweepTarget.of(t) for t in chosen), held=held)
+    return SweepSet(
+        targets=tuple(SweepTarget.of(t) for t in chosen),
+        held=held,
+        newest_row=newest_of([t.resolution for t in chosen]),
+    )
+
+
+def newest_of(resolutions: Sequence[Resolution]) -> int | None:
+    """The reviewed newest row the resolutions share (a plan's: all or none have one)."""
+    bounds = {r.newest_row for r in resolutions}
+    if len(bounds) > 1:
+        raise ValueError(f"targets of one batch with different reviewed rows: {bounds}")
+    return bounds.pop() if bounds else None
+
+
+def up_to(events: Any, newest_row: int | None) -> Any:
+    """Rows no later than a reviewed plan's newest row (everything without a plan)."""
+    return events.c.sequence_id <= newest_row if newest_row is not None else true()
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 @dataclass
@@ -239,6 +267,8 @@ def delete_blocks(
     ]
     if sweep.held:
         conditions.append(ev.c.object_id.not_in(sorted(sweep.held)))
+    if sweep.newest_row is not None:
+        conditions.append(up_to(ev, sweep.newest_row))
     deleted = (
         delete(ev)
         .where(and_(*conditions))

@@ -141,7 +141,9 @@ class _Holds:
             self.targets[swept.key] = updated
             kept.append(swept)
             extra |= updated.resolution.held_object_ids
-        return blocksweep.SweepSet(targets=tuple(kept), held=frozenset(extra))
+        return blocksweep.SweepSet(
+            targets=tuple(kept), held=frozenset(extra), newest_row=current.newest_row
+        )
 
 
 @dataclass(frozen=True)

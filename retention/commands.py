@@ -108,6 +108,7 @@ def _deleting_run(
         confirm = None if args.yes or not sys.stdin.isatty() else _confirm()
         result = engine.purge(
             worker,
+            mode="purge" if getattr(args, "command", "purge") == "purge" else "run",
             confirm=confirm,
             allow_large_deletes=args.allow_large_deletes,
             purge_orphans=args.purge_orphans,
@@ -271,7 +272,13 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 def _check_plan(worker: engine.Worker, reviewed: planfile.PlanFile) -> int:
     """``purge --dry-run --plan FILE``: would the plan still apply? Exit 6 if not."""
     planfile.check_age(reviewed, worker.clock(), worker.settings.plan_max_age)
-    fresh = engine.plan(worker, purge_orphans=reviewed.orphans, now=reviewed.now, identify=True)
+    fresh = engine.plan(
+        worker,
+        purge_orphans=reviewed.orphans,
+        now=reviewed.now,
+        identify=True,
+        newest_row=reviewed.newest_row,
+    )
     problems = planfile.drift(reviewed, report.plan_document(fresh.plan))
     for line in problems:
         print(f"drift: {line}")

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -216,7 +216,7 @@ class ControlPlaneClient:
             response = self._http.get(url, params=params, headers=headers)
             if response.is_redirect:
                 url = self._same_origin(response)
-                params = {}
+                params = _redirected_params(url, params, path)
                 continue
             if response.status_code in RETRY_STATUSES:
                 retry_after = _retry_after(response.headers.get("retry-after"), self._wall_clock())
@@ -380,3 +380,19 @@ def _same_id(value: Any) -> str:
         return str(uuid.UUID(text))
     except ValueError:
         return text.lower()
+
+
+def _redirected_params(url: str, params: dict[str, Any], path: str) -> dict[str, Any]:
+    """The query to send to a redirect's target. A Location without a query keeps ours (a
+    redirect that drops ``org_name`` would read another org's projects); one with a query
+    must carry ours unchanged, else the redirect is refused."""
+    query = urlsplit(url).query
+    if not query:
+        return params
+    theirs = parse_qs(query, keep_blank_values=True)
+    for key, value in params.items():
+        if theirs.get(key) != [str(value)]:
+            raise ControlPlaneError(
+                f"control plane redirected GET /{path} with a different {key!r}; refused"
+            )
+    return {}

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from .blocksweep import resolution_arrays
+from .blocksweep import newest_of, resolution_arrays, up_to
 from .errors import SchemaError
 from .models import BatchResult, Cursor, ObjectType, Resolution, TargetCounts
 from .tables import REQUIRED_COLUMNS, DataPlaneTables
@@ -268,6 +268,13 @@ def expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Sele
     )
 
 
+def newest_row(conn: Connection, tables: DataPlaneTables) -> int:
+    """The largest ``sequence_id`` of events (0 when empty): what a reviewed plan saw."""
+    ev = tables.events
+    found = conn.execute(select(func.max(ev.c.sequence_id))).scalar()
+    return int(found or 0)
+
+
 def expired_experiment_ids(
     conn: Connection, tables: DataPlaneTables, resolution: Resolution
 ) -> list[UUID]:
@@ -283,15 +290,18 @@ def _expired_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnElem
     ev = tables.events
     if resolution.cutoff is None:
         return false()
+    reviewed = up_to(ev, resolution.newest_row)
     if resolution.object_type is ObjectType.EXPERIMENT:
         return and_(
             _target_rows(tables, resolution),
             ev.c.object_id.in_(expired_experiments(tables, resolution)),
+            reviewed,
         )
     return and_(
         _target_rows(tables, resolution),
         ev.c.created < resolution.cutoff,
         not_held(ev.c.object_id, resolution.held_object_ids),
+        reviewed,
     )
 
 
@@ -370,7 +380,7 @@ def _count_row_targets(
     of_target = and_(ev.c.project_id == arrays.c.p, ev.c.object_type == arrays.c.ty)
     expired = (
         select(func.count().label("rows"), func.min(ev.c.created).label("oldest")).where(
-            of_target, ev.c.created < arrays.c.cut
+            of_target, ev.c.created < arrays.c.cut, up_to(ev, newest_of(chosen))
         )
     ).lateral("c")
     found: dict[tuple[UUID, str], TargetCounts] = {}
@@ -596,6 +606,7 @@ def with_rows_left(
             ev.c.project_id == arrays.c.p,
             ev.c.object_type == arrays.c.ty,
             ev.c.created < arrays.c.cut,
+            up_to(ev, newest_of(chosen)),
         )
         .exists()
     )
@@ -625,6 +636,7 @@ def delete_group(
             ev.c.project_id == arrays.c.p,
             ev.c.object_type == arrays.c.ty,
             ev.c.created < arrays.c.cut,
+            up_to(ev, newest_of(chosen)),
         )
         .order_by(ev.c.created, ev.c.sequence_id)
         .limit(arrays.c.k)

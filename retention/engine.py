@@ -25,6 +25,7 @@ from sqlalchemy.exc import OperationalError
 from . import (
     blocksweep,
     bulk,
+    dataplane,
     grouped,
     logs,
     migrate,
@@ -64,6 +65,7 @@ from .runs import (
     run_status,
     run_warnings,
 )
+from .sources import confirm_unknown
 from .state import Checkpoint, RunRecord
 from .sweeper import SweepContext, record_segments, sweep
 from .worker import MAX_NOW_LEAD, Worker, utc_now
@@ -107,6 +109,7 @@ def _plan(
     now: datetime,
     purge_orphans: bool,
     identify: bool = False,
+    newest_row: int | None = None,
 ) -> Plan:
     with snapshot(conn), contextlib.ExitStack() as stack:  # one snapshot for every count
         helper = None
@@ -131,10 +134,19 @@ def _plan(
             grace=worker.settings.grace_period,
             max_fraction=worker.settings.max_delete_fraction,
             helper=helper,
+            newest_row=newest_row,
         )
+        if purge_orphans:  # projects no listing named: are they really gone?
+            confirm_unknown(
+                worker.sources, [o.project_id for o in built.orphans if o.reason == "unknown"]
+            )
         if not identify:
             return built
-        return replace(built, identities=identities(conn, worker.tables, built))
+        return replace(
+            built,
+            identities=identities(conn, worker.tables, built),
+            newest_row=dataplane.newest_row(conn, worker.tables),
+        )
 
 
 def plan(
@@ -143,11 +155,13 @@ def plan(
     purge_orphans: bool = False,
     now: datetime | None = None,
     identify: bool = False,
+    newest_row: int | None = None,
 ) -> RunReport:
     """A dry run: the plan, in a read-only session. Takes no lock, writes nothing.
 
     ``now`` re-plans at an earlier pinned time (a reviewed plan's); ``identify`` names the
-    experiments and segments that expire (for a plan file, or checking one).
+    experiments and segments that expire and the newest row (for a plan file, or checking
+    one); ``newest_row`` (a reviewed plan's) counts no later row.
     """
     started = time.monotonic()
     policy_sets = worker.load_policies()
@@ -161,7 +175,8 @@ def plan(
                 clocks = (worker.clock(), server_now(conn))
                 now = now or worker.pinned_now(clocks[1])
                 the_plan = replace(
-                    _plan(conn, worker, policy_sets, now, purge_orphans, identify), clocks=clocks
+                    _plan(conn, worker, policy_sets, now, purge_orphans, identify, newest_row),
+                    clocks=clocks,
                 )
                 warnings.extend(_pending_warning(conn, worker))
         finally:
@@ -261,9 +276,11 @@ def _locked_purge(
     reviewed = options.plan_file
     now = _pinned_now(worker, now, resumed, reviewed)
     logs.set_action("plan")
-    identify = reviewed is not None  # compared with the ids the plan file names
+    # a reviewed plan: its experiments and segments are compared, and no later row goes
+    bound = reviewed.newest_row if reviewed is not None else None
     the_plan = replace(
-        _plan(conn, worker, policy_sets, now, options.purge_orphans, identify), clocks=clocks
+        _plan(conn, worker, policy_sets, now, options.purge_orphans, bool(reviewed), bound),
+        clocks=clocks,
     )
     plan_done = time.monotonic()
     document = report.plan_document(the_plan)

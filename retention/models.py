@@ -175,6 +175,9 @@ class Resolution:
     cutoff: datetime | None  # None: keep everything (no policy, or held)
     hold: Hold | None = None  # a hold on the whole target
     object_holds: tuple[Hold, ...] = ()  # holds on single objects of the target
+    # applying a reviewed plan: rows past this sequence_id came after the review and are
+    # not this run's to delete (None: no such bound)
+    newest_row: int | None = None
 
     @property
     def floor_applied(self) -> bool:
@@ -282,6 +285,7 @@ class Plan:
     # per target key, which experiments and live segments expire (ids, sorted); only for
     # plans that are reviewed (a dry run's JSON) or apply a review
     identities: Mapping[str, Identities] | None = None
+    newest_row: int | None = None  # with identities: the largest sequence_id of events
 
     def target(self, project_id: UUID, object_type: ObjectType) -> Target | None:
         for target in self.targets:

@@ -221,6 +221,8 @@ def contents(
             )
         else:
             past = c["created"] < t.c.cut
+        if sweep.newest_row is not None:  # rows after a reviewed plan are not its to go
+            past = and_(past, c["sequence_id"] <= sweep.newest_row)
         counted = (
             select(func.coalesce(func.sum(case((and_(past, held), 1), else_=0)), 0).label("n"))
             .where(c["project_id"] == t.c.p, c["object_type"] == t.c.ty)

@@ -40,6 +40,15 @@ class PlanFile:
         return as_utc(datetime.fromisoformat(self.document["now"]))
 
     @property
+    def newest_row(self) -> int:
+        """The largest sequence_id of events when the plan was made: applying it deletes no
+        later row."""
+        value = self.document["newest_row"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"newest_row {value!r} is not a row number")
+        return value
+
+    @property
     def hash(self) -> str:
         return str(self.document["hash"])
 
@@ -69,7 +78,7 @@ def read(path: Path) -> PlanFile:
         raise GuardError(f"plan file {path} was edited (its hash does not match): refused")
     try:
         plan = PlanFile(path=path, document=document)
-        _ = plan.now, plan.targets
+        _ = plan.now, plan.targets, plan.newest_row
     except (KeyError, TypeError, ValueError) as exc:
         raise GuardError(f"plan file {path} is malformed: {exc}") from None
     return plan

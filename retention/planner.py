@@ -126,16 +126,20 @@ def build_plan(
     grace: timedelta = timedelta(0),
     max_fraction: float | None = None,
     helper: Connection | None = None,
+    newest_row: int | None = None,
 ) -> Plan:
     """The plan; ``clock`` and ``grace`` size the pending sweep; ``max_fraction`` (the
     guard's) lets targets' totals be counted only as far as the guard needs; a ``helper``
-    connection in the same snapshot counts half of the targets."""
+    connection in the same snapshot counts half of the targets; ``newest_row`` (a reviewed
+    plan's) leaves later rows out of every target."""
     resolved, orphans = resolve_for_data_plane(
         conn, tables, policy_sets, now, min_retention_days=min_retention_days
     )
     resolutions = [r for r in resolved.resolutions if r.has_policy_or_hold]
     if purge_orphans:
         resolutions.extend(orphan_resolutions(orphans, policy_sets, resolved))
+    if newest_row is not None:
+        resolutions = [replace(r, newest_row=newest_row) for r in resolutions]
     many = conn.dialect.name == "postgresql"  # all logs and dataset targets at once
     files = segments.count_many(conn, tables, resolutions) if many else {}
     rows = (

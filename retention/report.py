@@ -82,6 +82,7 @@ def report_document(report: RunReport) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "now": _iso(report.plan.now),
         "dry_run": report.dry_run,
+        **({} if report.plan.newest_row is None else {"newest_row": report.plan.newest_row}),
         "targets": targets,
         "totals": {
             "rows": sum(t["rows"] for t in targets),

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from uuid import UUID
 
 from .automations import parse_automations, parse_projects
 from .controlplane import ClientConfig, TokenSource, open_client
+from .errors import ControlPlaneError
 from .models import PolicySet, ProjectInfo, RetentionRule
 from .policyfiles import load_policy_dir
 from .ratelimit import RateLimiter
@@ -132,6 +134,51 @@ class ControlPlaneSource:
             projects=data.projects,
             warnings=tuple(warnings),
         )
+
+    def lookup(self, project_ids: Sequence[UUID]) -> dict[UUID, ProjectInfo | None]:
+        """Each project by id (``GET /v1/project/{id}``); None where there is none (404)."""
+        found: dict[UUID, ProjectInfo | None] = {}
+        if not project_ids:
+            return found
+        with open_client(
+            self.config,
+            self.token,
+            limiter=self.limiter,
+            transport=self.transport,
+            sleep=self.sleep,
+        ) as client:
+            for project_id in project_ids:
+                body = client.get_json(f"v1/project/{project_id}", {}, allow_404=True)
+                if body is None:
+                    found[project_id] = None
+                    continue
+                if not isinstance(body, dict):
+                    raise ControlPlaneError(
+                        f"control plane sent no project object for GET /v1/project/{project_id}"
+                    )
+                (info,) = parse_projects([body])
+                if info.project_id != project_id:
+                    raise ControlPlaneError(
+                        f"control plane answered GET /v1/project/{project_id} with another "
+                        f"project ({info.project_id})"
+                    )
+                found[project_id] = info
+        return found
+
+
+def confirm_unknown(sources: Sequence[object], project_ids: Sequence[UUID]) -> None:
+    """Before ``--purge-orphans`` deletes projects no listing named: look each one up.
+    One found live means the listing was cut short (its paging ended early): fail closed."""
+    for source in sources:
+        if not isinstance(source, ControlPlaneSource):
+            continue
+        for project_id, info in sorted(source.lookup(project_ids).items()):
+            if info is not None and info.deleted_at is None:
+                raise ControlPlaneError(
+                    f"{source.name}: project {project_id} was not in the listing of projects, "
+                    "but GET /v1/project finds it live: the listing was incomplete; nothing "
+                    "deleted"
+                )
 
 
 def _required(items: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

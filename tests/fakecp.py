@@ -54,6 +54,8 @@ class FakeControlPlane:
     def __init__(self, token: str = "fake-token-0001") -> None:
         self.tokens = {token}
         self.projects: list[dict[str, Any]] = []
+        # found by GET /v1/project/{id} but missing from the listing (a listing cut short)
+        self.unlisted_projects: list[dict[str, Any]] = []
         self.automations: list[dict[str, Any]] = []
         self.org_automations: list[dict[str, Any]] | None = None  # None: endpoint absent
         self.max_page = 1000  # the server's own cap on a page
@@ -159,6 +161,16 @@ def _handler(fake: FakeControlPlane) -> type[BaseHTTPRequestHandler]:
             token = self.headers.get("Authorization", "").removeprefix("Bearer ")
             if token not in fake.tokens:
                 self._send(401, b"No valid API key provided", {"Content-Type": "text/plain"})
+                return
+            if path.startswith("v1/project/") and path.count("/") == 2:  # GET one project
+                wanted = path.rsplit("/", 1)[1]
+                everyone = fake.projects + fake.unlisted_projects
+                found = next((p for p in everyone if p["id"] == wanted), None)
+                if found is None:
+                    self._send(404, b"Not found", {"Content-Type": "text/plain"})
+                else:
+                    body = json.dumps(found).encode()
+                    self._send(200, body, {"Content-Type": "application/json"})
                 return
             if fake.collection(path) is None:
                 self._send(404, b"Not found", {"Content-Type": "text/plain"})

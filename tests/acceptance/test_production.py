@@ -263,6 +263,7 @@ def test_status_is_a_health_check(pg_url: str, tmp_path: Path) -> None:
     assert healthy.code == 0, healthy.stderr
     doc = json.loads(healthy.stdout)
     assert doc["healthy"] is True and doc["runs"][0]["status"] == "succeeded"
+    assert doc["runs"][0]["mode"] == "run"  # recorded as what started it
     assert doc["backlog"]["project_logs"] == {"rows": 0, "segments": 0, "lag_seconds": 0}
     stale = run("status", "--max-age", "0", "--no-backlog", env=env)
     assert stale.code == 1 and "more than --max-age" in stale.stdout

@@ -98,7 +98,9 @@ def test_plan_file_with_a_future_now_is_refused(db_url: str, tmp_path: Path) -> 
     policies = write_policies(tmp_path / "p", policy_toml(defaults={"project_logs": 30}))
     ahead = NOW + timedelta(days=15)
     planner = worker(db_url, policies, now=None, clock=lambda: ahead, max_clock_skew="36500d")
-    document = planfile.seal(report.report_document(engine_module.plan(planner, now=ahead)))
+    document = planfile.seal(
+        report.report_document(engine_module.plan(planner, now=ahead, identify=True))
+    )
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(document), encoding="utf-8")
     reviewed = planfile.read(path)
