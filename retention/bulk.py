@@ -26,7 +26,7 @@ from uuid import UUID
 
 from sqlalchemy.exc import DBAPIError
 
-from . import blocksweep, logs, partitions, state, workqueue
+from . import blocksweep, dataplane, logs, partitions, state, workqueue
 from .db import deadlocked, timed_out
 from .deleter import (
     BatchContext,
@@ -324,11 +324,25 @@ def sweep_rows(
     marks = _reloaded(ctx, found)
     if result.complete:
         phases = []
-        for target in swept_targets:
-            phase = Phase.DONE if target.key in holds.held else after_rows(target, ctx)
-            marks[target.key] = replace(marks[target.key], phase=phase)
-            phases.append((target.key, phase))
         with ctx.conn.begin():
+            for target in swept_targets:
+                if target.key in holds.held:
+                    # stays in the rows phase: a resume after the hold ends finishes it
+                    continue
+                current = holds.targets.get(target.key, target).resolution
+                if dataplane.rows_left(ctx.conn, ctx.tables, current, None):
+                    # a row that moved during the sweep (an update to the heap's end or
+                    # into a swept block, a rewrite by VACUUM FULL): the index still finds
+                    # it, and keyset batches finish the target
+                    log.warning(
+                        "block sweep: target=%s has expired rows outside the blocks swept; "
+                        "keyset batches finish it",
+                        target.key,
+                    )
+                    continue
+                phase = after_rows(target, ctx)
+                marks[target.key] = replace(marks[target.key], phase=phase)
+                phases.append((target.key, phase))
             state.set_phases(ctx.conn, ctx.run_id, phases, clock=ctx.clock())
     log.info(
         "block sweep: %s, %d rows",

@@ -164,6 +164,7 @@ def _publish_metrics(
 def purge(args: argparse.Namespace, settings: Settings) -> int:
     _check_writable(args.output)
     fmt = _format(args)
+    started = time.monotonic()
     # The handlers stay in place while the report is written: a signal then must not kill
     # the process with a signal status after the run was recorded.
     with stop_on_signals(settings.stop_timeout.total_seconds()) as stop:
@@ -179,6 +180,21 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
             _emit(_render(result, fmt), args.output)
         except BrokenPipeError:  # the work is done; its exit code still tells what happened
             silence_stdout()
+        except UsageError as error:
+            if args.dry_run:
+                raise
+            # The run is recorded, but its report is lost (a full disk): say which run, and
+            # exit (and publish) non-zero so that neither the job nor the metrics say "done".
+            code = code or int(ExitCode.UNEXPECTED)
+            _publish(
+                engine.Worker.from_settings(settings), result, code, time.monotonic() - started
+            )
+            rows = sum(o.rows for o in result.outcomes)
+            print(
+                f"retention: {error.message}; run {result.run_id} ({result.status}) deleted "
+                f"{rows:,} rows: see 'retention receipts --run {result.run_id}'",
+                file=sys.stderr,
+            )
         return code
 
 
@@ -234,7 +250,10 @@ def schedule(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
-    max_age = parse_duration(args.max_age) if args.max_age else None
+    try:
+        max_age = parse_duration(args.max_age) if args.max_age else None
+    except ValueError:
+        raise UsageError(f"--max-age: {args.max_age!r} is not a duration (e.g. 36h)") from None
     found = status_module.collect(
         engine.Worker.from_settings(settings), max_age=max_age, backlog=not args.no_backlog
     )
@@ -326,7 +345,14 @@ def db(args: argparse.Namespace, settings: Settings) -> int:
             db_engine.dispose()
     print(f"current {found.current or 'none'} · head {found.head}")
     if args.action == "check" and not found.up_to_date:
-        print("worker tables are not at head: run 'retention db upgrade'", file=sys.stderr)
+        if found.current is not None and not migrate.known(found.current):
+            print(
+                f"worker tables are at {found.current}, unknown to this version: a newer "
+                "worker migrated them; upgrade the worker, not the tables",
+                file=sys.stderr,
+            )
+        else:
+            print("worker tables are not at head: run 'retention db upgrade'", file=sys.stderr)
         return int(ExitCode.USAGE)
     return 0
 

@@ -76,7 +76,9 @@ class TokenSource:
                 raise UsageError(
                     f"cannot read {self.describe()}: {exc.__class__.__name__}"
                 ) from None
-        if not token or any(c.isspace() for c in token):
+        if not token or not all(c.isascii() and c.isprintable() and not c.isspace() for c in token):
+            # a byte-order mark or any non-ASCII character cannot go into a header; the
+            # message never quotes the token
             raise UsageError(f"{self.describe()} is empty or malformed")
         return SecretStr(token)
 

@@ -61,6 +61,12 @@ def parse_database_url(raw: str) -> Database:
     scheme, sep, rest = text.partition("://")
     scheme = scheme.lower()
     if sep and scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        authority = rest.split("/", 1)[0].split("?", 1)[0]
+        if authority.count("@") > 1:  # an unescaped @ in the password: never quote it
+            raise UsageError(
+                f"invalid database URL ({scheme}://…): more than one '@' before the host; "
+                "percent-encode an '@' in the password as %40"
+            )
         try:
             url = make_url(f"postgresql+psycopg://{rest}")
         except (exc.ArgumentError, ValueError):  # messages may quote the password
@@ -213,6 +219,7 @@ def first_line(error: BaseException) -> str:
 
 
 _CONFIG_HINTS = ("invalid connection option", "invalid dsn", "invalid integer value")
+_CONFIG_VALUE = re.compile(r"\binvalid [a-z_]+ value\b")  # libpq: invalid sslmode value: ...
 
 
 @contextmanager
@@ -226,7 +233,8 @@ def translate_errors(database: Database) -> Iterator[None]:
         yield
     except exc.DBAPIError as error:
         line = first_line(error)
-        if any(hint in line.lower() for hint in _CONFIG_HINTS):
+        lowered = line.lower()
+        if any(hint in lowered for hint in _CONFIG_HINTS) or _CONFIG_VALUE.search(lowered):
             raise UsageError(f"invalid database settings ({database.display}): {line}") from error
         if database.is_sqlite and "locked" in line:
             raise DatabaseError(
@@ -239,6 +247,10 @@ def translate_errors(database: Database) -> Iterator[None]:
         if isinstance(error, exc.OperationalError | exc.InterfaceError):
             raise DatabaseError(f"database unavailable ({database.display}): {line}") from error
         raise DatabaseError(f"database error ({database.display}): {line}") from error
+    except exc.ArgumentError as error:  # a URL option SQLAlchemy or the driver cannot take
+        raise UsageError(
+            f"invalid database settings ({database.display}): {type(error).__name__}"
+        ) from error
 
 
 # SQLSTATEs of a lost or refused connection: class 08, and the server shutting down.

@@ -473,6 +473,7 @@ def _delete(
     """Every target: logs and dataset rows by the block sweep or keyset batches, then
     segments and experiments target by target (first, marks that the plan now keeps are
     undone)."""
+    earlier = {key: c.rows for key, c in checkpoints.items()}  # earlier attempts' rows
     if ctx.mark_segments:
         _unmark_kept(ctx, the_plan)
     logs.set_action("delete")
@@ -504,7 +505,7 @@ def _delete(
                     outcome, longest_batch=max(outcome.longest_batch, longest[target.key])
                 )
             outcomes.append(outcome)
-    return outcomes
+    return [replace(o, earlier_rows=earlier.get(o.target.key, 0)) for o in outcomes]
 
 
 def _sweep_rows(

@@ -78,6 +78,7 @@ def sweep_only(worker: Worker) -> SweepReport:
             run_id,
             report.status,
             error=run_problem(stop.reason, (), {}, outcome),
+            totals=(0, outcome.files, outcome.bytes),  # files deleted; no checkpoints
         )
         return report
 

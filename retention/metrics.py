@@ -102,8 +102,11 @@ def registry_for(run: RunMetrics, registry: CollectorRegistry | None = None) -> 
             t[0] += deleted
             t[1] += done.segments if done else 0
             t[2] += done.bytes if done else 0
+            # the plan (a resumed run's) counted what earlier attempts left: only this
+            # attempt's rows come off it
+            now_deleted = deleted - (done.earlier_rows if done else 0)
             left = (
-                max(target.counts.rows - deleted, 0)
+                max(target.counts.rows - now_deleted, 0)
                 if not run.report.dry_run
                 else (target.counts.rows)
             )

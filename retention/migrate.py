@@ -37,6 +37,9 @@ def current(conn: Connection) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     with engine.begin() as conn:
+        found = current(conn)
+        if found is not None and not known(found):
+            raise SchemaError(_newer(found))
         command.upgrade(_config(conn), revision)
     with engine.connect() as conn:
         return current(conn)
@@ -52,6 +55,21 @@ class Status:
         return self.current == self.head
 
 
+def known(revision: str) -> bool:
+    """Whether this version's migrations know ``revision`` (a newer worker's do not)."""
+    try:
+        return ScriptDirectory.from_config(_config()).get_revision(revision) is not None
+    except AlembicError:
+        return False
+
+
+def _newer(revision: str) -> str:
+    return (
+        f"the worker's tables are at revision {revision}, unknown to this version (head "
+        f"{head()}): a newer worker migrated them; upgrade the worker, not the tables"
+    )
+
+
 def status(conn: Connection) -> Status:
     return Status(current=current(conn), head=head())
 
@@ -62,15 +80,8 @@ def require_current(conn: Connection) -> None:
     if found.current is None:
         raise SchemaError("the worker's tables are missing: run 'retention db upgrade'")
     if not found.up_to_date:
-        try:
-            known = ScriptDirectory.from_config(_config()).get_revision(found.current)
-        except AlembicError:
-            known = None
-        if known is None:
-            raise SchemaError(
-                f"the worker's tables are at revision {found.current}, unknown to this "
-                f"version (head {found.head}): upgrade the worker"
-            )
+        if not known(found.current):
+            raise SchemaError(_newer(found.current))
         raise SchemaError(
             f"the worker's tables are at revision {found.current}, not {found.head}: "
             "run 'retention db upgrade'"

@@ -327,6 +327,7 @@ class TargetOutcome:
     segments: int = 0  # segments marked unused
     bytes: int = 0
     lock_waits: int = 0  # batches that timed out waiting for row locks and were retried
+    earlier_rows: int = 0  # of ``rows``, those deleted by earlier attempts of a resumed run
     longest_batch: float = 0.0  # seconds of the longest batch transaction
 
 

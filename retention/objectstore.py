@@ -119,11 +119,16 @@ class ObjectStore:
         return found
 
     def list_keys(self, prefix: str | None = None) -> Iterator[tuple[str, int]]:
-        """(key, size) of every file under ``prefix`` (``segments check`` only)."""
+        """(key, size) of every file whose key starts with ``prefix`` (``segments check``
+        only). Stores list by whole path segments, so a prefix that ends inside one is
+        listed from its folder and filtered here."""
+        folder = prefix.rpartition("/")[0] if prefix and not prefix.endswith("/") else prefix
         try:
-            for chunk in obstore.list(self._store, prefix=prefix or None, chunk_size=1000):
+            for chunk in obstore.list(self._store, prefix=folder or None, chunk_size=1000):
                 for meta in chunk:
-                    yield str(meta["path"]), int(meta["size"])
+                    key = str(meta["path"])
+                    if not prefix or key.startswith(prefix):
+                        yield key, int(meta["size"])
         except (ObstoreError, OSError, RuntimeError, ValueError) as exc:
             raise ObjectStoreError(
                 f"object store {self.display}: cannot list: {_first_line(exc)}"

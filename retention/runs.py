@@ -187,6 +187,7 @@ def finish(
     run_id: int,
     status: RunStatus,
     error: str | None = None,
+    totals: tuple[int, int, int] | None = None,
 ) -> None:
     if conn.invalidated:
         # The session (and with it the run lock) is gone. A new session would write without
@@ -197,7 +198,7 @@ def finish(
         if conn.in_transaction():
             conn.rollback()
         with conn.begin():
-            state.finish_run(conn, run_id, status=status, clock=clock(), error=error)
+            state.finish_run(conn, run_id, status=status, clock=clock(), error=error, totals=totals)
     except Exception:  # the original error matters more; the run stays resumable
         if error is None:
             raise

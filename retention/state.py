@@ -34,6 +34,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal,
     select,
     text,
     update,
@@ -288,9 +289,16 @@ def finish_run(
     status: RunStatus,
     clock: datetime,
     error: str | None = None,
+    totals: tuple[int, int, int] | None = None,
 ) -> None:
+    """``totals`` (rows, segments, bytes): for runs without checkpoints (a sweep alone)."""
+
     # Totals from the checkpoints: they also count what earlier attempts of the run deleted.
     def total(column: Any) -> Any:
+        if totals is not None:
+            return literal(
+                {"rows": totals[0], "segments": totals[1], "bytes": totals[2]}[column.key]
+            )
         return (
             select(func.coalesce(func.sum(column), 0))
             .where(checkpoints.c.run_id == run_id)
