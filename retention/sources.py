@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
 from .automations import parse_automations, parse_projects
-from .controlplane import ClientConfig, TokenSource, open_client
+from .controlplane import ClientConfig, ControlPlaneClient, TokenSource, open_client
 from .errors import ControlPlaneError
 from .models import PolicySet, ProjectInfo, RetentionRule
 from .policyfiles import load_policy_dir
@@ -89,14 +90,17 @@ class ControlPlaneSource:
     def name(self) -> str:
         return f"controlplane:{self.config.host}"
 
-    def fetch(self) -> ControlPlaneData:
-        with open_client(
+    def _client(self) -> AbstractContextManager[ControlPlaneClient]:
+        return open_client(
             self.config,
             self.token,
             limiter=self.limiter,
             transport=self.transport,
             sleep=self.sleep,
-        ) as client:
+        )
+
+    def fetch(self) -> ControlPlaneData:
+        with self._client() as client:
             projects = parse_projects(_required(client.list_all("v1/project")))
             rules, skipped = parse_automations(_required(client.list_all("v1/project_automation")))
             org_items = client.list_all("v1/org_automation", allow_404=True)
@@ -140,13 +144,7 @@ class ControlPlaneSource:
         found: dict[UUID, ProjectInfo | None] = {}
         if not project_ids:
             return found
-        with open_client(
-            self.config,
-            self.token,
-            limiter=self.limiter,
-            transport=self.transport,
-            sleep=self.sleep,
-        ) as client:
+        with self._client() as client:
             for project_id in project_ids:
                 body = client.get_json(f"v1/project/{project_id}", {}, allow_404=True)
                 if body is None:
