@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -483,7 +483,7 @@ def _delete(
         checkpoints, dropped = bulk.drop_partitions(
             ctx, allowed, checkpoints, worker.settings.partition_action
         )
-    rows = _sweep_rows(conn, ctx, worker, allowed, checkpoints, dropped)
+    rows = _sweep_rows(conn, ctx, worker, allowed, checkpoints, dropped, earlier)
     longest: dict[str, float] = {}
     if conn.dialect.name == "postgresql" and worker.settings.delete_strategy == "auto":
         swept = rows.swept if rows is not None else frozenset()
@@ -515,6 +515,7 @@ def _sweep_rows(
     targets: Sequence[Target],
     checkpoints: dict[str, Checkpoint],
     dropped: int = 0,
+    earlier: Mapping[str, int] | None = None,
 ) -> bulk.RowSweep | None:
     """The block-range sweep, when the strategy calls for it (PostgreSQL, much expired)."""
     settings = worker.settings
@@ -542,7 +543,7 @@ def _sweep_rows(
         blocks=settings.sweep_blocks, target=settings.batch_target_seconds
     )
     crew = bulk.Crew.for_this_process(settings)
-    return bulk.sweep_rows(ctx, targets, checkpoints, sizer, crew)
+    return bulk.sweep_rows(ctx, targets, checkpoints, sizer, crew, earlier or {})
 
 
 def _after_sweep(ctx: BatchContext, target: Target, rows: bulk.RowSweep) -> TargetOutcome:
