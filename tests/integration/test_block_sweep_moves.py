@@ -117,6 +117,16 @@ class _Once:
         return False
 
 
+def _grow(conn: Any, row_id: str) -> None:
+    """A non-HOT update: the row no longer fits its page, so it moves to another block."""
+    conn.execute(
+        sa.text(
+            "UPDATE events SET data = jsonb_build_object('note', repeat('x', 600)) WHERE id = :i"
+        ),
+        {"i": row_id},
+    )
+
+
 def test_a_row_updated_mid_sweep_to_the_heaps_new_end_is_still_deleted(
     pg_url: str, tmp_path: Path
 ) -> None:
@@ -143,13 +153,7 @@ def test_a_row_updated_mid_sweep_to_the_heaps_new_end_is_still_deleted(
                 {"p": PROJECT, "created": NOW - timedelta(hours=1)},
             )
             row_id, before = _expired_row_in(conn, first_open)
-            conn.execute(
-                sa.text(
-                    "UPDATE events SET data = jsonb_build_object('note', repeat('x', 600)) "
-                    "WHERE id = :i"
-                ),
-                {"i": row_id},
-            )
+            _grow(conn, row_id)
             moved.update(id=row_id, before=before, after=_ctid_block(conn, row_id), end=end)
 
     report = purge(
@@ -183,13 +187,7 @@ def test_a_row_updated_into_an_already_swept_block_is_still_deleted(
         with admin.connect() as conn:
             conn.exec_driver_sql("VACUUM events")  # autovacuum, after the first units
             row_id, before = _expired_row_in(conn, first_open)
-            conn.execute(
-                sa.text(
-                    "UPDATE events SET data = jsonb_build_object('note', repeat('x', 600)) "
-                    "WHERE id = :i"
-                ),
-                {"i": row_id},
-            )
+            _grow(conn, row_id)
             moved.update(id=row_id, before=before, after=_ctid_block(conn, row_id), lo=first_open)
 
     report = purge(

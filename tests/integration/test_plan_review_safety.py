@@ -230,14 +230,8 @@ def test_plan_now_ahead_of_the_database_clock_is_refused(pg_url: str, tmp_path: 
 # -- the policy-shrink guard -------------------------------------------------------------------
 
 
-def test_policy_shrink_guard_survives_a_successful_run_in_which_the_target_was_held(
-    db_url: str, tmp_path: Path
-) -> None:
-    """Run 1 succeeds with P's logs at 365 days. Run 2 succeeds while P is under a hold
-    (the target has no retention in that run). The hold is lifted and the policy is cut
-    to 30 days (92% shorter, limit 50%). The shrink guard looks back past run 2 (it once
-    compared only with the very last success, and run 3 deleted unguarded): run 3 is
-    guarded (exit 6) for P's logs and its 2 rows 100 days old survive."""
+def _succeeded_at_365_days(db_url: str, tmp_path: Path) -> tuple[sa.Engine, Path]:
+    """P's logs: 2 rows 100 days old, 20 a day old; run 1 succeeds at 365 days."""
     s = Scenario()
     s.add_object("project_logs", P, P, _ago(400))
     for i in range(2):
@@ -247,10 +241,21 @@ def test_policy_shrink_guard_survives_a_successful_run_in_which_the_target_was_h
     engine = engine_for(db_url)
     insert(engine, s)
     folder = tmp_path / "p"
-
     write_policies(folder, policy_toml(defaults={"project_logs": 365}))
     first = engine_module.purge(worker(db_url, folder), allow_large_deletes=True)
     assert first.status is RunStatus.SUCCEEDED
+    return engine, folder
+
+
+def test_policy_shrink_guard_survives_a_successful_run_in_which_the_target_was_held(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Run 1 succeeds with P's logs at 365 days. Run 2 succeeds while P is under a hold
+    (the target has no retention in that run). The hold is lifted and the policy is cut
+    to 30 days (92% shorter, limit 50%). The shrink guard looks back past run 2 (it once
+    compared only with the very last success, and run 3 deleted unguarded): run 3 is
+    guarded (exit 6) for P's logs and its 2 rows 100 days old survive."""
+    engine, folder = _succeeded_at_365_days(db_url, tmp_path)
 
     held = policy_toml(
         defaults={"project_logs": 365}, holds=[{"project": str(P), "reason": "audit"}]
@@ -277,20 +282,7 @@ def test_policy_shrink_guard_survives_a_successful_run_without_policies(
     (a mount that came up empty): no targets, nothing deleted, status succeeded. The
     policies come back cut to 30 days: run 3 is guarded by the shrink guard and P's 2 rows
     100 days old survive."""
-    s = Scenario()
-    s.add_object("project_logs", P, P, _ago(400))
-    for i in range(2):
-        s.add_event("project_logs", P, P, _ago(100), f"old-{i}")
-    for i in range(20):
-        s.add_event("project_logs", P, P, _ago(1), f"new-{i}")
-    engine = engine_for(db_url)
-    insert(engine, s)
-    folder = tmp_path / "p"
-
-    write_policies(folder, policy_toml(defaults={"project_logs": 365}))
-    assert engine_module.purge(worker(db_url, folder), allow_large_deletes=True).status is (
-        RunStatus.SUCCEEDED
-    )
+    engine, folder = _succeeded_at_365_days(db_url, tmp_path)
     write_policies(folder, "")
     assert engine_module.purge(worker(db_url, folder)).status is RunStatus.SUCCEEDED
 
