@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retention import workqueue
-from retention.blocksweep import MAX_BLOCKS, MIN_BLOCKS, BlockSizer, SweepSet
+from retention.blocksweep import MAX_BLOCKS, MAX_GROWTH, MIN_BLOCKS, BlockSizer, SweepSet
 from retention.models import RunStatus
 from retention.state import LOCK_KEY
 from tests.conftest import engine_for
@@ -180,7 +180,7 @@ def test_block_sizer_stays_in_bounds_and_moves_toward_the_target(
     sizer = BlockSizer(blocks=blocks, target=target)
     sizer.update(seconds)
     assert MIN_BLOCKS <= sizer.blocks <= MAX_BLOCKS
-    assert sizer.blocks <= max(MIN_BLOCKS, blocks * 2)  # grows at most 2x a batch
+    assert sizer.blocks <= max(MIN_BLOCKS, int(blocks * MAX_GROWTH))  # grows at most 4x
     assert sizer.blocks >= min(MAX_BLOCKS, int(blocks / 4))  # shrinks at most 4x
     aim = 0.8 * target  # a little under the target
     if seconds > aim * 1.01:
