@@ -21,7 +21,7 @@ from . import demo, engine, maintenance, metrics, migrate, planfile, report, sch
 from . import join as join_module
 from . import status as status_module
 from .db import make_engine, parse_database_url, translate_errors, use_wal
-from .errors import ExitCode, RetentionError, UsageError
+from .errors import ExitCode, ObjectStoreError, RetentionError, UsageError
 from .models import ObjectType, Plan, RunReport, RunStatus, as_utc
 from .progress import TerminalProgress
 from .segments import RestoreFilter
@@ -507,6 +507,13 @@ def restore(args: argparse.Namespace, settings: Settings) -> int:
             )
         if not result.restored and not result.past_grace and not result.missing:
             print("No unused segment matched (never marked, or already swept: see receipts).")
+    if result.missing:  # asked for, still in grace, and gone: a store problem, not done
+        print(
+            f"retention: {len(result.missing):,} segments could not be restored: their files "
+            "are not in the store",
+            file=sys.stderr,
+        )
+        return int(ObjectStoreError.exit_code)
     return 0
 
 

@@ -32,7 +32,6 @@ from . import (
     partitions,
     planfile,
     report,
-    segments,
     state,
 )
 from .db import first_line, make_engine, same_snapshot, server_now, snapshot, translate_errors
@@ -67,7 +66,7 @@ from .runs import (
 )
 from .sources import confirm_unknown
 from .state import Checkpoint, RunRecord
-from .sweeper import SweepContext, record_segments, sweep
+from .sweeper import SweepContext, by_pair, restore_kept, sweep
 from .worker import MAX_NOW_LEAD, Worker, utc_now
 
 __all__ = ["Worker", "explain", "plan", "purge", "utc_now"]
@@ -324,7 +323,7 @@ def _locked_purge(
     swept: SweepOutcome | None = None
     logs.set_run(run_id)
     try:
-        outcomes = _delete(conn, ctx, worker, the_plan, checkpoints, guarded)
+        outcomes = _delete(conn, ctx, worker, the_plan, checkpoints, guarded, store)
         deleted = time.monotonic()
         if store is not None and all(o.phase is Phase.DONE for o in outcomes):
             logs.set_action("sweep")
@@ -336,6 +335,7 @@ def _locked_purge(
                     store=store,
                     run_id=run_id,
                     threshold=earlier - settings.grace_period,
+                    targets=by_pair([t.resolution for t in the_plan.targets]),
                     batch_size=settings.sweep_batch_size,
                     clock=worker.clock,
                     should_stop=should_stop,
@@ -374,28 +374,6 @@ def _locked_purge(
         },
         sweep=swept,
     )
-
-
-def _unmark_kept(ctx: BatchContext, the_plan: Plan) -> None:
-    """Segments marked by an earlier run that the plan's policies and holds now keep go
-    back to live before anything is swept, with a restore receipt per target."""
-    back = 0
-    for target in the_plan.targets:
-        with ctx.conn.begin():
-            files = segments.unmark_kept(ctx.conn, ctx.tables, target.resolution)
-            record_segments(
-                ctx.conn,
-                ctx.run_id,
-                ctx.clock(),
-                files,
-                action="restore",
-                source="kept now (a longer policy or a hold) since it was marked",
-            )
-        back += len(files)
-    if back:
-        log.warning(
-            "%d segments marked unused earlier are kept now (policy or hold); restored", back
-        )
 
 
 def _pinned_now(
@@ -469,13 +447,16 @@ def _delete(
     the_plan: Plan,
     checkpoints: dict[str, Checkpoint],
     guarded: dict[str, str],
+    store: ObjectStore | None,
 ) -> list[TargetOutcome]:
     """Every target: logs and dataset rows by the block sweep or keyset batches, then
     segments and experiments target by target (first, marks that the plan now keeps are
     undone)."""
     earlier = {key: c.rows for key, c in checkpoints.items()}  # earlier attempts' rows
-    if ctx.mark_segments:
-        _unmark_kept(ctx, the_plan)
+    if store is not None:
+        resolutions = [t.resolution for t in the_plan.targets]
+        orphans = frozenset(o.project_id for o in the_plan.orphans)
+        restore_kept(ctx.conn, ctx.tables, store, ctx.run_id, ctx.clock, resolutions, orphans)
     logs.set_action("delete")
     allowed = [t for t in the_plan.targets if t.key not in guarded]
     dropped = 0  # rows that went with whole partitions

@@ -16,9 +16,10 @@ from .db import make_engine, server_now, snapshot, translate_errors
 from .errors import UsageError
 from .models import RunStatus, SweepOutcome
 from .objectstore import ObjectStore, open_store
+from .planner import run_resolutions
 from .runs import StopCheck, error_text, finish, locked, open_run, run_problem
 from .segments import RestoreFilter, RestoreResult
-from .sweeper import SweepContext, record_segments, sweep
+from .sweeper import SweepContext, by_pair, record_segments, sweep
 from .worker import Worker
 
 
@@ -44,13 +45,26 @@ class SweepReport:
 
 
 def sweep_only(worker: Worker) -> SweepReport:
-    """The second phase alone: files of segments unused for longer than the grace period."""
+    """The second phase alone: files of segments unused for longer than the grace period
+    that the policies (read as a purge reads them) and holds still expire. It changes no
+    mark: a segment the policies now keep waits, unused, for the next purge to restore it."""
     store = _store(worker, "there is nothing to sweep")
+    # a missing policy folder or an unreadable control plane stops it here (exit 2 or 3):
+    # no holds read must never mean no holds
+    policy_sets = worker.load_policies()
     started = time.monotonic()
     stop = StopCheck(worker, started)  # RETENTION_MAX_RUNTIME, or a signal
-    with locked(worker, ("segments",)) as conn:
+    with locked(worker) as conn:
         server = server_now(conn)
         now = worker.pinned_now(server)
+        with snapshot(conn):
+            resolutions, _ = run_resolutions(
+                conn,
+                worker.tables,
+                policy_sets,
+                now,
+                min_retention_days=worker.settings.min_retention_days,
+            )
         run_id, _ = open_run(conn, worker.clock(), None, mode="sweep", now=now, plan={})
         earlier, _ = worker.clock_bounds(server)  # a clock ahead must not shorten the grace
         threshold = earlier - worker.settings.grace_period
@@ -62,6 +76,7 @@ def sweep_only(worker: Worker) -> SweepReport:
                     store=store,
                     run_id=run_id,
                     threshold=threshold,
+                    targets=by_pair(resolutions),
                     batch_size=worker.settings.sweep_batch_size,
                     clock=worker.clock,
                     should_stop=stop,

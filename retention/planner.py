@@ -84,6 +84,21 @@ def resolve_for_data_plane(
     return resolved, orphans
 
 
+def run_resolutions(
+    conn: Connection,
+    tables: DataPlaneTables,
+    policy_sets: Sequence[PolicySet],
+    now: datetime,
+    *,
+    min_retention_days: float | None,
+) -> tuple[list[Resolution], dict[UUID, str]]:
+    """The targets a run works for (a policy or a hold), and the orphans left out."""
+    resolved, orphans = resolve_for_data_plane(
+        conn, tables, policy_sets, now, min_retention_days=min_retention_days
+    )
+    return [r for r in resolved.resolutions if r.has_policy_or_hold], orphans
+
+
 def orphan_resolutions(
     orphans: dict[UUID, str], policy_sets: Sequence[PolicySet], resolved: Resolved
 ) -> tuple[Resolution, ...]:

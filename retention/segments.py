@@ -8,14 +8,16 @@ segment whose experiment is no longer in the registry. Two phases: **mark** (``s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Select,
     and_,
     case,
     delete,
@@ -35,6 +37,8 @@ from .tables import DataPlaneTables
 
 LIVE = "live"
 UNUSED = "unused"
+
+Pair = tuple[UUID, str]  # (project id, object type)
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,10 @@ class SegmentFile:
     bytes: int
     project_id: UUID
     object_type: str
+
+    @property
+    def pair(self) -> Pair:
+        return (self.project_id, self.object_type)
 
 
 def _of_target(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bool]:
@@ -88,29 +96,79 @@ def expired(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bo
     return and_(_of_target(tables, resolution), sg.c.max_created < resolution.cutoff)
 
 
-def unmark_kept(
+def marks_kept(
     conn: Connection, tables: DataPlaneTables, resolution: Resolution
 ) -> list[SegmentFile]:
     """Unused segments of the target that its resolution now keeps (a policy lengthened or
-    a hold added since they were marked, an object held) back to live: a mark is undone
-    while its file is still there, as ``retention restore`` would."""
+    a hold added since they were marked, an object held)."""
     sg = tables.segments
-    rows = conn.execute(
-        update(sg)
-        .where(
+    return _files(
+        conn,
+        select(*_file_columns(sg)).where(
             sg.c.project_id == resolution.project_id,
             sg.c.object_type == resolution.object_type.value,
             sg.c.state == UNUSED,
             not_(expired(tables, resolution)),
-        )
-        .values(state=LIVE, unused_at=None)
-        .returning(
-            sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type
-        )
-    ).all()
+        ),
+    )
+
+
+def expired_among(
+    conn: Connection, tables: DataPlaneTables, resolution: Resolution, ids: Sequence[UUID]
+) -> set[UUID]:
+    """Which of these segments (of the target) the resolution expires."""
+    sg = tables.segments
+    query = select(sg.c.segment_id).where(
+        sg.c.segment_id.in_(sorted(ids)), expired(tables, resolution)
+    )
+    return set(conn.execute(query).scalars())
+
+
+def marks_uncovered(
+    conn: Connection, tables: DataPlaneTables, covered: Collection[Pair], limit: int = 1000
+) -> Iterator[list[SegmentFile]]:
+    """Unused segments of a (project, object type) that no target of the run covers (its
+    policy was removed, its project is an orphan the run does not purge), a page at a
+    time in segment-id order."""
+    sg = tables.segments
+    after: UUID | None = None
+    while True:
+        query = select(*_file_columns(sg)).where(sg.c.state == UNUSED)
+        if after is not None:
+            query = query.where(sg.c.segment_id > after)
+        page = _files(conn, query.order_by(sg.c.segment_id).limit(limit))
+        if not page:
+            return
+        after = page[-1].segment_id
+        yield [f for f in page if f.pair not in covered]
+
+
+def unmark(
+    conn: Connection, tables: DataPlaneTables, files: Sequence[SegmentFile]
+) -> list[SegmentFile]:
+    """These segments back to live, those still unused (re-checked)."""
+    if not files:
+        return []
+    sg = tables.segments
+    back = set(
+        conn.execute(
+            update(sg)
+            .where(sg.c.segment_id.in_(sorted(f.segment_id for f in files)), sg.c.state == UNUSED)
+            .values(state=LIVE, unused_at=None)
+            .returning(sg.c.segment_id)
+        ).scalars()
+    )
+    return [f for f in files if f.segment_id in back]
+
+
+def _file_columns(sg: Any) -> tuple[Any, ...]:
+    return (sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type)
+
+
+def _files(conn: Connection, query: Select[Any]) -> list[SegmentFile]:
     return [
         SegmentFile(segment_id=r[0], key=r[1], bytes=int(r[2]), project_id=r[3], object_type=r[4])
-        for r in rows
+        for r in conn.execute(query)
     ]
 
 
@@ -292,16 +350,27 @@ def sweep_candidates(
     """Unused segments past the grace period that no hold in ``holds`` (the active ones)
     covers, in segment-id order after ``after``."""
     sg = tables.segments
-    query = select(
-        sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type
-    ).where(sg.c.state == UNUSED, sg.c.unused_at <= threshold, not_held_now(tables, holds))
+    query = select(*_file_columns(sg)).where(
+        sg.c.state == UNUSED, sg.c.unused_at <= threshold, not_held_now(tables, holds)
+    )
     if after is not None:
         query = query.where(sg.c.segment_id > after)
-    rows = conn.execute(query.order_by(sg.c.segment_id).limit(limit)).all()
-    return [
-        SegmentFile(segment_id=r[0], key=r[1], bytes=int(r[2]), project_id=r[3], object_type=r[4])
-        for r in rows
-    ]
+    return _files(conn, query.order_by(sg.c.segment_id).limit(limit))
+
+
+def sample_candidates(
+    conn: Connection,
+    tables: DataPlaneTables,
+    threshold: datetime,
+    limit: int,
+    holds: Sequence[Hold] = (),
+) -> list[SegmentFile]:
+    """A few unused segments past the grace period, picked at random (not held)."""
+    sg = tables.segments
+    query = select(*_file_columns(sg)).where(
+        sg.c.state == UNUSED, sg.c.unused_at <= threshold, not_held_now(tables, holds)
+    )
+    return _files(conn, query.order_by(func.random()).limit(limit))
 
 
 def live_keys(conn: Connection, tables: DataPlaneTables, limit: int) -> list[str]:
@@ -369,15 +438,12 @@ def restorable(
     past = conn.execute(
         select(func.count()).where(condition, sg.c.unused_at <= threshold)
     ).scalar_one()
-    rows = conn.execute(
-        select(sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type)
+    found = _files(
+        conn,
+        select(*_file_columns(sg))
         .where(condition, sg.c.unused_at > threshold)
-        .order_by(sg.c.segment_id)
-    ).all()
-    found = [
-        SegmentFile(segment_id=r[0], key=r[1], bytes=int(r[2]), project_id=r[3], object_type=r[4])
-        for r in rows
-    ]
+        .order_by(sg.c.segment_id),
+    )
     return found, int(past)
 
 

@@ -2,21 +2,24 @@
 
 Batch by batch (segment-id order): read candidates from the index, delete their files with
 the store's bulk delete (outside any transaction), then, in one transaction, remove the
-index rows of the files confirmed gone and write receipts. A file already missing counts as
-deleted; so that a store URL pointing at the wrong place does not empty the index, the
-sweep first looks for a few live segments' files, and stops (exit 4) if none is there. A
-failed delete keeps its index row for the next sweep; a key outside the store URL is
-refused and reported, never deleted. A segment that a hold covers is not swept, though it
-was marked before the hold came: it waits, unused, for the hold to end (or for ``retention
-restore``). A crash between the two steps leaves index rows of deleted files; the next
-sweep finds them missing and finishes.
+index rows of the files confirmed gone and write receipts. Only segments of the run's
+targets are swept: before the sweep, ``restore_kept`` puts back to live what the policies
+and holds now keep, also of a (project, object type) no target covers any more (its policy
+was removed, its project became an orphan the run does not purge). A file already missing
+counts as deleted; so that a store URL pointing at the wrong place does not empty the index,
+the sweep first looks for a few live segments' files (with none, a few of the files to
+sweep), and stops (exit 4) if none is there. A failed delete keeps its index row for the
+next sweep; a key outside the store URL is refused and reported, never deleted. A segment
+that a hold covers is not swept, though it was marked before the hold came: it waits,
+unused, for the hold to end (or for ``retention restore``). A crash between the two steps
+leaves index rows of deleted files; the next sweep finds them missing and finishes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -26,9 +29,9 @@ from sqlalchemy import Connection
 from . import segments, state
 from .dataplane import keys_digest
 from .errors import ObjectStoreError
-from .models import Hold, SweepOutcome
+from .models import Hold, Resolution, SweepOutcome
 from .objectstore import ObjectStore, key_problem
-from .segments import SegmentFile
+from .segments import Pair, SegmentFile
 from .tables import DataPlaneTables
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ class SweepContext:
     store: ObjectStore
     run_id: int
     threshold: datetime  # unused_at <= threshold: past the grace period
+    # the run's targets: only segments one of them expires now are swept
+    targets: Mapping[Pair, Resolution]
     batch_size: int
     clock: Callable[[], datetime]
     should_stop: Callable[[], bool]
@@ -63,7 +68,15 @@ def sweep(ctx: SweepContext) -> SweepOutcome:
         if not batch:
             break
         after = batch[-1].segment_id
-        _sweep_batch(ctx, batch, outcome)
+        ours = _expired_now(ctx, batch)
+        if len(ours) < len(batch):
+            log.info(
+                "sweep: %d unused segments past the grace period are not swept: no target of "
+                "this run expires them (a policy removed or lengthened, an orphan)",
+                len(batch) - len(ours),
+            )
+        if ours:
+            _sweep_batch(ctx, ours, outcome)
     if outcome.files or outcome.failed or outcome.refused:
         log.info(
             "sweep: files=%d bytes=%d missing=%d failed=%d refused=%d",
@@ -74,6 +87,21 @@ def sweep(ctx: SweepContext) -> SweepOutcome:
             outcome.refused,
         )
     return outcome
+
+
+def _expired_now(ctx: SweepContext, batch: list[SegmentFile]) -> list[SegmentFile]:
+    """The segments of ``batch`` that a target of the run expires now (its policy, holds
+    and registry as the run resolved them): a mark alone is not enough."""
+    by_pair: dict[Pair, list[UUID]] = defaultdict(list)
+    for item in batch:
+        by_pair[item.pair].append(item.segment_id)
+    expired: set[UUID] = set()
+    with ctx.conn.begin():
+        for pair, ids in by_pair.items():
+            resolution = ctx.targets.get(pair)
+            if resolution is not None:
+                expired |= segments.expired_among(ctx.conn, ctx.tables, resolution, ids)
+    return [item for item in batch if item.segment_id in expired]
 
 
 def _sweep_batch(ctx: SweepContext, batch: list[SegmentFile], outcome: SweepOutcome) -> None:
@@ -112,7 +140,7 @@ def _sweep_batch(ctx: SweepContext, batch: list[SegmentFile], outcome: SweepOutc
     outcome.batches += 1
 
 
-LIVE_SAMPLE = 3  # live segments' files looked up when a whole batch was missing
+SAMPLE = 3  # files looked up before a sweep
 
 
 def check_the_store(ctx: SweepContext) -> None:
@@ -120,15 +148,90 @@ def check_the_store(ctx: SweepContext) -> None:
     so a store URL pointing at the wrong place (an empty bucket, an unmounted folder) would
     drop every index row and leave the real files behind for good; an S3 bulk delete does
     not even say a key was missing. So look up a few live segments' files: if there are
-    live segments and none of their files is there, stop (exit 4) before anything."""
+    live segments and none of their files is there, stop (exit 4) before anything. With no
+    live segment (all of the data plane's data expired), look up a few of the files to
+    sweep, picked at random, instead."""
     with ctx.conn.begin():
-        keys = segments.live_keys(ctx.conn, ctx.tables, LIVE_SAMPLE)
+        keys = segments.live_keys(ctx.conn, ctx.tables, SAMPLE)
+    what = "live segments' files is there"
+    if not keys:
+        with ctx.conn.begin():
+            picked = segments.sample_candidates(
+                ctx.conn, ctx.tables, ctx.threshold, SAMPLE * 4, ctx.holds()
+            )
+        keys = [f.key for f in picked if f.pair in ctx.targets][:SAMPLE]
+        what = "files to sweep is there (and no live segment to compare with)"
     safe = [k for k in keys if not key_problem(k)]
     if safe and not ctx.store.present(safe):
         raise ObjectStoreError(
-            f"object store {ctx.store.display}: none of {len(safe)} live segments' files is "
-            "there; is RETENTION_OBJECT_STORE_URL the data plane's store? Nothing was swept"
+            f"object store {ctx.store.display}: none of {len(safe)} {what}; "
+            "is RETENTION_OBJECT_STORE_URL the data plane's store? Nothing was swept"
         )
+
+
+def by_pair(resolutions: Sequence[Resolution]) -> dict[Pair, Resolution]:
+    """A run's targets by (project, object type): what ``SweepContext.targets`` takes."""
+    return {(r.project_id, r.object_type.value): r for r in resolutions}
+
+
+def restore_kept(
+    conn: Connection,
+    tables: DataPlaneTables,
+    store: ObjectStore,
+    run_id: int,
+    clock: Callable[[], datetime],
+    resolutions: Sequence[Resolution],
+    orphans: frozenset[UUID],
+) -> int:
+    """Before a purge's sweep: segments marked unused earlier that the run's policies and
+    holds now keep go back to live, as ``retention restore`` would: of each target (a
+    policy lengthened, a hold added), and of every (project, object type) that is no target
+    of the run (its policy removed: no policy keeps data forever). An orphan project's
+    marks stay as they are (``--purge-orphans`` sweeps them; the sweep skips them without).
+    Only segments whose file is still there come back (a live index row must have its
+    file); the others stay unused. Restore receipts say why. Returns how many."""
+    covered = by_pair(resolutions).keys()
+    back = 0
+    for resolution in resolutions:
+        with conn.begin():
+            kept = segments.marks_kept(conn, tables, resolution)
+        why = "kept now (a longer policy or a hold) since it was marked"
+        back += _revive(conn, tables, store, run_id, clock, kept, why)
+    with conn.begin():
+        pages = list(segments.marks_uncovered(conn, tables, covered))
+    why = "kept now (no policy) since it was marked"
+    for page in pages:
+        unowned = [f for f in page if f.project_id not in orphans]
+        back += _revive(conn, tables, store, run_id, clock, unowned, why)
+    if back:
+        log.warning(
+            "%d segments marked unused earlier are kept now (policy or hold); restored", back
+        )
+    return back
+
+
+def _revive(
+    conn: Connection,
+    tables: DataPlaneTables,
+    store: ObjectStore,
+    run_id: int,
+    clock: Callable[[], datetime],
+    files: list[SegmentFile],
+    source: str,
+) -> int:
+    if not files:
+        return 0
+    there = store.present([f.key for f in files])
+    gone = [f for f in files if f.key not in there]
+    if gone:
+        log.warning(
+            "%d segments kept now have no file in the store (a sweep deleted it); they stay unused",
+            len(gone),
+        )
+    with conn.begin():
+        back = segments.unmark(conn, tables, [f for f in files if f.key in there])
+        record_segments(conn, run_id, clock(), back, action="restore", source=source)
+    return len(back)
 
 
 def record_segments(

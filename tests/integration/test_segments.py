@@ -366,7 +366,7 @@ def test_s3_sweep_uses_bulk_deletes(db_url: str, s3_store: S3Store, tmp_path: Pa
         )
         s3_store.write(row["object_key"])
     insert(engine_for(db_url), s)
-    policies = write_policies(tmp_path / "p", "")
+    policies = write_policies(tmp_path / "p", policy_toml(projects=[(P, {"project_logs": 30})]))
     done = maintenance.sweep_only(worker(db_url, policies, **s3_store.settings()))
     assert (done.outcome.files, done.outcome.batches, done.outcome.requests) == (2500, 3, 3)
     assert s3_store.keys() == set()
