@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -90,6 +90,9 @@ class SweepSet:
     targets: tuple[SweepTarget, ...]
     held: frozenset[UUID] = frozenset()
     newest_row: int | None = None  # a reviewed plan's: later rows are not deleted
+    # which table and columns the targets apply to (``workqueue.table_identity``): a
+    # worker configured for another table must not join the sweep
+    table: str = ""
 
     @property
     def signature(self) -> str:
@@ -116,6 +119,7 @@ class SweepSet:
                 ],
                 "held": sorted(str(h) for h in self.held),
                 "newest_row": self.newest_row,
+                "table": self.table,
             }
         )
 
@@ -136,6 +140,7 @@ class SweepSet:
             ),
             held=frozenset(UUID(h) for h in doc["held"]),
             newest_row=_int_or_none(doc.get("newest_row")),
+            table=str(doc.get("table", "")),
         )
 
     def with_holds(self, holds: Sequence[Hold], now: datetime) -> SweepSet:
@@ -154,7 +159,7 @@ class SweepSet:
             if h.object_id is not None
             and any(h.covers_object(t.project_id, t.object_type) for t in targets)
         }
-        return SweepSet(targets=targets, held=self.held | objects, newest_row=self.newest_row)
+        return replace(self, targets=targets, held=self.held | objects)
 
 
 def sweepable(targets: Sequence[Target], types: Sequence[ObjectType] = ROW_TYPES) -> SweepSet:

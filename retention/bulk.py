@@ -36,6 +36,7 @@ from .deleter import (
     initial_checkpoint,
     lock_pause,
 )
+from .errors import UsageError
 from .models import Hold, ObjectType, Phase, Target
 from .settings import Settings
 from .state import Checkpoint
@@ -141,9 +142,7 @@ class _Holds:
             self.targets[swept.key] = updated
             kept.append(swept)
             extra |= updated.resolution.held_object_ids
-        return blocksweep.SweepSet(
-            targets=tuple(kept), held=frozenset(extra), newest_row=current.newest_row
-        )
+        return replace(current, targets=tuple(kept), held=frozenset(extra))
 
 
 @dataclass(frozen=True)
@@ -315,6 +314,7 @@ def sweep_rows(
     _open_checkpoints(ctx, swept_targets, found)
     with ctx.conn.begin():
         end, _ = partitions.heap_size(ctx.conn, ctx.tables)
+        sweep = replace(sweep, table=workqueue.table_identity(ctx.conn, ctx.tables))
         _, kept = workqueue.prepare(
             ctx.conn, ctx.run_id, sweep, end=end, unit_blocks=crew.unit_blocks
         )
@@ -323,6 +323,8 @@ def sweep_rows(
     holds = _Holds(ctx, swept_targets)
     logs.set_action("delete")
     result = _with_helpers(ctx, crew, sizer, holds)
+    if not result.complete:
+        _stand_down(ctx)
     marks = _reloaded(ctx, found)
     if result.complete:
         phases = []
@@ -358,6 +360,19 @@ def sweep_rows(
     return RowSweep(
         marks, swept, result.complete, holds.held, result.longest, result.waits, result.note
     )
+
+
+def _stand_down(ctx: BatchContext) -> None:
+    """Before counting a sweep that stopped early: other workers' batches in flight finish
+    first, and no more start (``workqueue.stand_down``). A batch stuck longer than the lock
+    timeout is not waited for; the next run's counts include it."""
+    try:
+        with ctx.conn.begin():
+            workqueue.stand_down(ctx.conn, ctx.run_id)
+    except DBAPIError as error:
+        if not timed_out(error):
+            raise
+        log.warning("block sweep: another worker's batch is still running; counted next run")
 
 
 def _with_helpers(
@@ -422,12 +437,15 @@ def work_units(
     longest, waits, rows, finished = 0.0, 0, 0, 0
     current: blocksweep.SweepSet | None = None
     own: _OwnHolds | None = None
+    table: str | None = None  # another worker's: its events table, to check the sweep's
     while True:
         if ctx.should_stop():
             return blocksweep.SweepResult(False, longest, waits, "stopped", rows, finished)
         with ctx.conn.begin():
             unit = workqueue.claim(ctx.conn, ctx.run_id, crew.me, crew.stale)
             left = workqueue.remaining(ctx.conn, ctx.run_id) if unit is None else 1
+            if holds is None and table is None:
+                table = workqueue.table_identity(ctx.conn, ctx.tables)
             if holds is None and own is None and ctx.holds is not None:
                 own = _OwnHolds(ctx.holds, state.pinned_now(ctx.conn, ctx.run_id))
             if holds is not None:
@@ -436,12 +454,16 @@ def work_units(
                 if refreshed != current:
                     workqueue.publish(ctx.conn, ctx.run_id, refreshed)
                     current = refreshed
+            open_ = unit is not None or left == 0 or workqueue.still_led(ctx.conn, ctx.run_id)
         if unit is None:
-            if left == 0 or holds is None:
+            if left == 0:
                 return blocksweep.SweepResult(True, longest, waits, "", rows, finished)
+            if holds is None:  # another worker: the rest is others' (or the run stopped)
+                note = "" if open_ else _RUN_STOPPED
+                return blocksweep.SweepResult(open_, longest, waits, note, rows, finished)
             ctx.sleep(crew.poll)  # others are on the last units
             continue
-        done = _work_unit(ctx, crew, sizer, unit, holds or own)
+        done = _work_unit(ctx, crew, sizer, unit, holds or own, table)
         longest, waits, rows = max(longest, done.longest), waits + done.waits, rows + done.rows
         finished += done.units
         if done.note:
@@ -450,14 +472,20 @@ def work_units(
             current = None  # re-read: a helper cannot change it, but be exact
 
 
+_RUN_STOPPED = "the run stopped (its leader stopped it or is gone) before its sweep was done"
+
+
 def _work_unit(
     ctx: BatchContext,
     crew: Crew,
     sizer: blocksweep.BlockSizer,
     unit: workqueue.Unit,
     holds: _Holds | _OwnHolds | None,
+    table: str | None = None,
 ) -> blocksweep.SweepResult:
-    """Sweep one claimed unit from its next block; note "" when it is done or was lost."""
+    """Sweep one claimed unit from its next block; note "" when it is done or was taken
+    over, a note when the run stopped. ``table``: a worker other than the leader's, whose
+    events table must be the sweep's."""
     lo, longest, waits, streak, rows = unit.next_block, 0.0, 0, 0, 0
     while lo < unit.hi:
         if ctx.should_stop():
@@ -471,13 +499,17 @@ def _work_unit(
                 if not workqueue.advance(
                     ctx.conn, unit, crew.me, next_block=hi, rows=0, done=hi >= unit.hi
                 ):
-                    log.warning(
-                        "unit %d: taken over by another worker, the run stopped, or its "
-                        "leader is gone; leaving it",
-                        unit.unit,
-                    )
+                    if not workqueue.still_led(ctx.conn, ctx.run_id):
+                        log.warning("unit %d: %s; leaving it", unit.unit, _RUN_STOPPED)
+                        return blocksweep.SweepResult(False, longest, waits, _RUN_STOPPED, rows)
+                    log.warning("unit %d: taken over by another worker; leaving it", unit.unit)
                     return blocksweep.SweepResult(True, longest, waits, "", rows)
                 sweep = workqueue.current_sweep(ctx.conn, ctx.run_id)
+                if table is not None and sweep.table != table:
+                    raise UsageError(
+                        "this worker's events table (RETENTION_TABLE_EVENTS and its columns) "
+                        "is not the one the run's leader sweeps; it deleted nothing"
+                    )
                 if isinstance(holds, _Holds):  # the leader: for everyone
                     refreshed = holds.refresh(sweep)
                     if refreshed != sweep:

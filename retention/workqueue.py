@@ -49,7 +49,7 @@ from sqlalchemy.dialects.postgresql import OID
 
 from .blocksweep import SweepSet
 from .state import LOCK_KEY, metadata, runs
-from .tables import UTCDateTime
+from .tables import DataPlaneTables, UTCDateTime
 
 _id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -147,10 +147,43 @@ def prepare(
 
 
 def _covers(old: SweepSet, new: SweepSet) -> bool:
-    """Every target of ``new`` was in ``old`` with the same cutoff: the blocks already swept
-    hold nothing more for ``new``, so its sweep can go on where ``old`` stopped."""
+    """Every target of ``new`` was in ``old`` with the same cutoff, on the same table: the
+    blocks already swept hold nothing more for ``new``, so its sweep can go on where
+    ``old`` stopped."""
     before = {(t.key, t.cutoff) for t in old.targets}
-    return all((t.key, t.cutoff) in before for t in new.targets)
+    return old.table == new.table and all((t.key, t.cutoff) in before for t in new.targets)
+
+
+def table_identity(conn: Connection, tables: DataPlaneTables) -> str:
+    """The events table as this worker's settings name it: its oid (how the server resolves
+    the name, search path included) and its column mapping. Workers of one sweep must
+    agree on it."""
+    ev = tables.events
+    name: Any = func.quote_ident(ev.name)
+    if ev.schema:
+        name = func.quote_ident(ev.schema).concat(".").concat(name)
+    oid = conn.execute(select(cast(func.to_regclass(name), OID))).scalar_one()
+    columns = ",".join(f"{c.key}={c.name}" for c in ev.columns)
+    return f"{oid}:{columns}"
+
+
+def still_led(conn: Connection, run_id: int) -> bool:
+    """The run still runs under its leader (units are handed out and swept)."""
+    running = select(runs.c.id).where(runs.c.id == run_id, runs.c.status == "running")
+    return bool(conn.execute(select(and_(running.exists(), _led(run_id)))).scalar_one())
+
+
+def stand_down(conn: Connection, run_id: int) -> None:
+    """The leader stops its run's sweep before it counts and finishes the run: no worker
+    claims or sweeps a unit from now on, and the batches other workers have in flight
+    (each holds its unit's row from its first statement) commit or roll back before this
+    returns, so the run's counts include them. The next leader prepares the sweep again."""
+    conn.execute(update(work).where(work.c.run_id == run_id).values(leader_pid=None))
+    conn.execute(
+        update(units)
+        .where(units.c.run_id == run_id, units.c.done.is_(False))
+        .values(owner=None, owner_pid=None)
+    )
 
 
 def publish(conn: Connection, run_id: int, sweep: SweepSet) -> int:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from retention import blocksweep, workqueue
 from retention import join as join_module
+from retention.errors import UsageError
 from retention.models import RunStatus
 from tests.conftest import engine_for
 from tests.integration.helpers import StopAfter, purge, worker
@@ -43,15 +44,6 @@ def _in_thread(name: str, call: Any) -> tuple[threading.Thread, dict[str, Any]]:
 
 def _is(name: str) -> bool:
     return threading.current_thread().name == name
-
-
-def _run_status(url: str, run_id: int) -> str:
-    with engine_for(url).connect() as conn:
-        return str(
-            conn.execute(
-                sa.text("SELECT status FROM retention_runs WHERE id = :r"), {"r": run_id}
-            ).scalar_one()
-        )
 
 
 def test_a_joiner_whose_run_stopped_with_units_left_does_not_report_success(
@@ -97,14 +89,26 @@ def test_a_joiner_whose_run_stopped_with_units_left_does_not_report_success(
     assert joined.as_dict()["status"] == "partial"
 
 
+def _leader_waits_for_units(url: str) -> bool:
+    """A session waits for a lock on the work units (the leader standing its sweep down)."""
+    with sa.create_engine(url, poolclass=sa.NullPool).connect() as conn:
+        return bool(
+            conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'UPDATE retention_work_units SET owner%%'"
+            ).scalar_one()
+        )
+
+
 def test_a_joiner_batch_in_flight_when_the_leader_stops_is_in_the_runs_totals(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The leader stops (time budget, signal) while a joiner's batch is in flight: the
     joiner's ``advance`` checked ``status = 'running'`` without locking the run, so the
-    leader reads its counts and finishes the run (partial) while that batch is open; the
-    batch then deletes and commits. The run's recorded totals and the leader's report miss
-    rows that are gone and receipted."""
+    leader read its counts and finished the run (partial) while that batch was open; the
+    batch then deleted and committed, and the run's recorded totals and the leader's report
+    missed rows that are gone and receipted. Now the leader stands the sweep down first,
+    which waits for the batches in flight (the joiner's deletes only once it waits)."""
     _, _, policy_dir, engine = _setup(pg_url, tmp_path, seed=42)
     joiner_claimed = threading.Event()
     joiner_in_batch = threading.Event()
@@ -122,10 +126,9 @@ def test_a_joiner_batch_in_flight_when_the_leader_stops_is_in_the_runs_totals(
 
     def delete_blocks(conn: sa.Connection, tables: Any, sweep: Any, lo: int, hi: int) -> Any:
         if _is("joiner") and not joiner_in_batch.is_set():
-            run_id = conn.exec_driver_sql("SELECT max(run_id) FROM retention_work").scalar_one()
             joiner_in_batch.set()  # the leader stops now; this batch goes on afterwards
-            deadline = time.monotonic() + WAIT
-            while _run_status(pg_url, run_id) == "running" and time.monotonic() < deadline:
+            deadline = time.monotonic() + WAIT  # until the leader counts (or waits to)
+            while not _leader_waits_for_units(pg_url) and time.monotonic() < deadline:
                 time.sleep(0.02)
             batch = original_delete(conn, tables, sweep, lo, hi)
             late.append(batch.rows)
@@ -211,7 +214,9 @@ def test_a_joiner_configured_with_another_events_table_does_not_sweep_it(
     thread, out = _in_thread("joiner", run_joiner)
     report = purge(worker(pg_url, policy_dir, delete_strategy="blocks", **SMALL))
     thread.join(WAIT)
-    assert not thread.is_alive() and "error" not in out, out
+    assert not thread.is_alive()
+    assert isinstance(out.get("error"), UsageError), out  # refused: exit 2
+    assert "events table" in str(out["error"])
 
     with engine.connect() as conn:
         archived = conn.exec_driver_sql("SELECT count(*) FROM events_archive").scalar_one()
