@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
-from . import demo, engine, maintenance, metrics, migrate, planfile, report, scheduler
+from . import demo, engine, logs, maintenance, metrics, migrate, planfile, report, scheduler
 from . import join as join_module
 from . import status as status_module
 from .db import make_engine, parse_database_url, translate_errors, use_wal
@@ -94,12 +94,16 @@ def _deleting_run(
     Errors propagate after the metrics record the failed outcome.
     """
     started = time.monotonic()
-    reviewed = planfile.read(args.plan) if args.plan is not None else None
-    progress = TerminalProgress() if interactive and sys.stderr.isatty() else None
-    worker = engine.Worker.from_settings(settings, should_stop=stop, progress=progress)
     result: RunReport | None = None
     code = int(ExitCode.UNEXPECTED)
+    worker: engine.Worker | None = None
     try:
+        # refused at the start (no place for the report, no plan file, bad settings): a
+        # failed run too, published as one
+        _check_writable(args.output)
+        reviewed = planfile.read(args.plan) if args.plan is not None else None
+        progress = TerminalProgress() if interactive and sys.stderr.isatty() else None
+        worker = engine.Worker.from_settings(settings, should_stop=stop, progress=progress)
         if args.dry_run:
             # a dry run's JSON is a plan file: it names what expires
             identify = _format(args) == "json"
@@ -124,28 +128,38 @@ def _deleting_run(
         raise
     finally:
         if not args.dry_run and (result is None or result.status is not None):
-            _publish(worker, result, code, time.monotonic() - started)
+            _publish(settings, worker, result, code, time.monotonic() - started)
 
 
-def _publish(worker: engine.Worker, result: RunReport | None, code: int, seconds: float) -> None:
+def _publish(
+    settings: Settings,
+    worker: engine.Worker | None,
+    result: RunReport | None,
+    code: int,
+    seconds: float,
+) -> None:
     """The run's metrics; never raises (it runs in a ``finally``: the run's own exit code
-    and error must come through)."""
+    and error must come through). ``worker``: None when the run was refused before it had
+    one."""
     try:
-        _publish_metrics(worker, result, code, seconds)
+        _publish_metrics(settings, worker, result, code, seconds)
     except Exception as exc:  # logged; the run's outcome stands
         log.error("metrics: not published: %s", type(exc).__name__)
 
 
 def _publish_metrics(
-    worker: engine.Worker, result: RunReport | None, code: int, seconds: float
+    settings: Settings,
+    worker: engine.Worker | None,
+    result: RunReport | None,
+    code: int,
+    seconds: float,
 ) -> None:
-    settings = worker.settings
     if settings.metrics_textfile is None and settings.pushgateway_url is None:
         return
     last = None
     if code != 0:
         try:
-            last = engine.last_success(worker)
+            last = engine.last_success(worker or engine.Worker.from_settings(settings))
         except RetentionError:
             last = None
     metrics.publish(
@@ -153,7 +167,7 @@ def _publish_metrics(
             report=result,
             exit_code=code,
             duration_seconds=seconds,
-            finished=worker.clock(),
+            finished=(worker.clock if worker is not None else engine.utc_now)(),
             last_success=last,
         ),
         textfile=settings.metrics_textfile,
@@ -162,7 +176,8 @@ def _publish_metrics(
 
 
 def purge(args: argparse.Namespace, settings: Settings) -> int:
-    _check_writable(args.output)
+    if args.dry_run:  # a deleting run checks it itself (and publishes a refusal)
+        _check_writable(args.output)
     fmt = _format(args)
     started = time.monotonic()
     # The handlers stay in place while the report is written: a signal then must not kill
@@ -187,7 +202,11 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
             # exit (and publish) non-zero so that neither the job nor the metrics say "done".
             code = code or int(ExitCode.UNEXPECTED)
             _publish(
-                engine.Worker.from_settings(settings), result, code, time.monotonic() - started
+                settings,
+                engine.Worker.from_settings(settings),
+                result,
+                code,
+                time.monotonic() - started,
             )
             rows = sum(o.rows for o in result.outcomes)
             print(
@@ -217,11 +236,19 @@ def schedule(args: argparse.Namespace, settings: Settings) -> int:
         def once() -> int:
             started = time.monotonic()
             result: RunReport | None = None
+            logs.outside_run()  # until this run opens: no earlier run's id on its lines
             try:
                 code, result = _deleting_run(args, settings, stop, interactive=False)
             except RetentionError as error:
                 log.error("run failed: %s", error.message)
                 code = int(error.exit_code)
+            except Exception as error:  # a bug: this run failed, the schedule goes on
+                log.error(
+                    "run failed with an unexpected error (%s); RETENTION_DEBUG=1 for a traceback",
+                    type(error).__name__,
+                )
+                log.debug("the unexpected error", exc_info=True)
+                code = int(ExitCode.UNEXPECTED)
             last = None
             if code != 0:  # after a success its own end is the last success
                 try:

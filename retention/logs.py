@@ -44,6 +44,12 @@ def set_action(action: str) -> None:
     _action.set(action)
 
 
+def outside_run() -> None:
+    """Back to no run (``-``) and the ``cli`` action: between the runs of ``schedule``."""
+    _run_id.set(None)
+    _action.set("cli")
+
+
 class _Context(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.run_id = _run_id.get()

@@ -90,10 +90,12 @@ def registry_for(run: RunMetrics, registry: CollectorRegistry | None = None) -> 
         registry=registry,
     )
 
+    # A run without a report (it failed before it had a plan) knows neither what it deleted
+    # nor the backlog: the per-type series are left out, not set to 0 ("all caught up").
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0] * 5)
-    for kind in OBJECT_TYPES:
-        totals[kind.value]  # every type appears, with zeros
     if run.report is not None:
+        for kind in OBJECT_TYPES:
+            totals[kind.value]  # every type appears, with zeros
         outcomes = {o.target.key: o for o in run.report.outcomes}
         for target in run.report.plan.targets:
             t = totals[target.object_type.value]

@@ -44,17 +44,27 @@ class CronSchedule:
         self._rng = rng or random.Random()  # noqa: S311 - spreading start times, not security
 
     def next_fire(self, after: datetime) -> datetime:
-        """The first scheduled time after ``after``, plus a random jitter in [0, jitter].
+        """The first scheduled time after ``after``, plus a random jitter in [0, jitter],
+        kept before the scheduled time after it (a jitter longer than the interval would
+        push runs into the next slot, and the loop, counting from a run's end, would skip
+        slots).
 
         On the night the clocks go back, a wall-clock time happens twice; like cron and
         systemd timers, the schedule fires at its first occurrence only."""
+        fire = self._scheduled(after)
+        if not self.jitter:
+            return fire
+        gap = (self._scheduled(fire) - fire).total_seconds()
+        delay = self._rng.uniform(0, min(self.jitter.total_seconds(), max(gap - 1.0, 0.0)))
+        return fire + timedelta(seconds=delay)
+
+    def _scheduled(self, after: datetime) -> datetime:
         local = after.astimezone(self.zone)
         times = croniter(self.expression, local)
         fire: datetime = times.get_next(datetime)
         while fire.fold == 1 or _repeated(fire):
             fire = times.get_next(datetime)
-        delay = self._rng.uniform(0, self.jitter.total_seconds()) if self.jitter else 0.0
-        return fire.astimezone(UTC) + timedelta(seconds=delay)
+        return fire.astimezone(UTC)
 
 
 def _repeated(fire: datetime) -> bool:

@@ -12,10 +12,11 @@ import fcntl
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -32,14 +33,17 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    cast,
+    column,
     func,
     insert,
     literal,
     select,
+    table,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, OID
 
 from .db import Database
 from .errors import LockedError
@@ -632,7 +636,10 @@ class RunSummary:
 
 
 def recent_runs(conn: Connection, limit: int = 10) -> list[RunSummary]:
-    rows = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all()
+    return _summaries(conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all())
+
+
+def _summaries(rows: Sequence[Any]) -> list[RunSummary]:
     return [
         RunSummary(
             id=int(r.id),
@@ -661,6 +668,85 @@ def last_success_time(conn: Connection) -> datetime | None:
 
 
 def last_purge(conn: Connection) -> RunSummary | None:
-    """The latest purge-mode run, whatever its status."""
-    found = [r for r in recent_runs(conn, 50) if r.mode in PURGE_MODES]
+    """The latest purge-mode run, whatever its status (however many sweeps came after)."""
+    found = _summaries(
+        conn.execute(
+            select(runs).where(runs.c.mode.in_(PURGE_MODES)).order_by(runs.c.id.desc()).limit(1)
+        ).all()
+    )
     return found[0] if found else None
+
+
+def still_running(conn: Connection, ids: Sequence[int]) -> list[int]:
+    """Which of these runs are recorded as running now."""
+    if not ids:
+        return []
+    query = select(runs.c.id).where(
+        runs.c.id.in_(list(ids)), runs.c.status == RunStatus.RUNNING.value
+    )
+    return sorted(int(i) for i in conn.execute(query).scalars())
+
+
+def lock_holders(pid: Any = None) -> Any:
+    """The server processes holding the run lock (PostgreSQL: ``pg_locks``), as a SELECT;
+    with ``pid``, only that one."""
+    locks = table(
+        "pg_locks",
+        column("locktype"),
+        column("database"),
+        column("classid"),
+        column("objid"),
+        column("objsubid"),
+        column("pid"),
+        column("granted"),
+    )
+    databases = table("pg_database", column("oid"), column("datname"))
+    high, low = (LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF  # pg_advisory_lock(bigint)
+    query = select(locks.c.pid).where(
+        locks.c.locktype == "advisory",
+        locks.c.granted,
+        locks.c.objsubid == 1,
+        locks.c.classid == cast(literal(high, BigInteger), OID),
+        locks.c.objid == cast(literal(low, BigInteger), OID),
+        locks.c.database
+        == select(databases.c.oid)
+        .where(databases.c.datname == func.current_database())
+        .scalar_subquery(),
+    )
+    return query if pid is None else query.where(locks.c.pid == pid)
+
+
+def run_lock_held(conn: Connection, database: Database) -> bool | None:
+    """Does a worker hold the run lock now? None: this system cannot tell (SQLite off
+    Linux). Looks, never takes it: a probe must not make a starting run exit 7."""
+    if database.is_sqlite:
+        return _flock_held(_lock_file(database))
+    return bool(conn.execute(select(lock_holders().exists())).scalar_one())
+
+
+def _lock_file(database: Database) -> Path:
+    real = database.sqlite_path.resolve()
+    return real.with_name(real.name + ".lock")
+
+
+def _flock_held(path: Path) -> bool | None:
+    """From /proc/locks (Linux): a FLOCK lock on the file's device and inode."""
+    try:
+        info = path.stat()
+        lines = Path("/proc/locks").read_text().splitlines()
+    except FileNotFoundError:
+        return False if not path.exists() else None
+    except OSError:
+        return None
+    wanted = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == wanted:
+                return True
+        except ValueError:
+            continue
+    return False

@@ -1,10 +1,11 @@
 """``retention status``: last runs, runs in progress with their checkpoints, the backlog and
 lag past cutoff per object type, and a health verdict for probes and alerts.
 
-Unhealthy (exit 1) when the last purge failed, was held back by a guard, or ended partial
-for any reason but a stop (time budget, signal): files the store did not delete, keys
-refused, a target given up after lock timeouts. Also when the last success is older than
-``--max-age`` (or there never was one).
+Unhealthy (exit 1) when the last purge failed, was held back by a guard, was abandoned, or
+ended partial for any reason but a stop (time budget, signal): files the store did not
+delete, keys refused, a target given up after lock timeouts. Also when a run is recorded as
+running but nobody holds the run lock (its worker was killed), and when the last success is
+older than ``--max-age`` (or there never was one).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy import Connection
 
 from . import engine, migrate, state
 from .db import make_engine, snapshot, translate_errors
@@ -49,18 +52,20 @@ def collect(worker: Worker, *, max_age: timedelta | None, backlog: bool = True) 
     with translate_errors(database):
         db_engine = make_engine(database, read_only=True)
         try:
-            with db_engine.connect() as conn, snapshot(conn):
-                migrate.require_current(conn)
-                runs = state.recent_runs(conn)
-                last = state.last_purge(conn)
-                last_success = state.last_success_time(conn)
-                in_progress = {
-                    r.id: sorted(
-                        state.load_checkpoints(conn, r.id).values(), key=lambda c: c.target
-                    )
-                    for r in runs
-                    if r.status == RunStatus.RUNNING.value
-                }
+            with db_engine.connect() as conn:
+                with snapshot(conn):
+                    migrate.require_current(conn)
+                    runs = state.recent_runs(conn)
+                    last = state.last_purge(conn)
+                    last_success = state.last_success_time(conn)
+                    in_progress = {
+                        r.id: sorted(
+                            state.load_checkpoints(conn, r.id).values(), key=lambda c: c.target
+                        )
+                        for r in runs
+                        if r.status == RunStatus.RUNNING.value
+                    }
+                dead = _dead(conn, worker, sorted(in_progress))
         finally:
             db_engine.dispose()
     report = StatusReport(
@@ -70,7 +75,17 @@ def collect(worker: Worker, *, max_age: timedelta | None, backlog: bool = True) 
         last_success=last_success,
         backlog=_backlog(worker) if backlog else None,
     )
-    if last is not None and last.status == RunStatus.FAILED.value:
+    for run_id in dead:
+        report.problems.append(
+            f"run {run_id} is recorded as running, but no worker holds the run lock: it was "
+            "killed (the next purge resumes it)"
+        )
+    if last is not None and last.status == RunStatus.ABANDONED.value:
+        report.problems.append(
+            f"the last run ({last.id}) never finished and was abandoned (too old to resume), "
+            "and no purge has run since"
+        )
+    elif last is not None and last.status == RunStatus.FAILED.value:
         report.problems.append(f"the last run ({last.id}) failed: {last.error or 'no error'}")
     elif last is not None and last.status == RunStatus.GUARDED.value:
         report.problems.append(
@@ -94,6 +109,19 @@ def collect(worker: Worker, *, max_age: timedelta | None, backlog: bool = True) 
                 f"({max_age.total_seconds() / 3600:g} h)"
             )
     return report
+
+
+def _dead(conn: Connection, worker: Worker, running: list[int]) -> list[int]:
+    """Runs recorded as running whose worker is gone: nobody holds the run lock, and they
+    are still running when looked at again (not just finished)."""
+    if not running:
+        return []
+    with conn.begin():
+        held = state.run_lock_held(conn, worker.database)
+    if held is not False:
+        return []
+    with snapshot(conn):
+        return state.still_running(conn, running)
 
 
 def _backlog(worker: Worker) -> dict[str, Backlog]:

@@ -39,7 +39,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal,
     or_,
     select,
     table,
@@ -48,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import OID
 
 from .blocksweep import SweepSet
-from .state import LOCK_KEY, metadata, runs
+from .state import lock_holders, metadata, runs
 from .tables import DataPlaneTables, UTCDateTime
 
 _id = BigInteger().with_variant(Integer(), "sqlite")
@@ -204,30 +203,7 @@ def publish(conn: Connection, run_id: int, sweep: SweepSet) -> int:
 
 def _led(run_id: Any) -> Any:
     """The run's sweep was prepared by the session that holds the run lock now."""
-    locks = table(
-        "pg_locks",
-        column("locktype"),
-        column("database"),
-        column("classid"),
-        column("objid"),
-        column("objsubid"),
-        column("pid"),
-        column("granted"),
-    )
-    databases = table("pg_database", column("oid"), column("datname"))
-    high, low = (LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF  # pg_advisory_lock(bigint)
-    holding = select(locks.c.pid).where(
-        locks.c.locktype == "advisory",
-        locks.c.granted,
-        locks.c.objsubid == 1,
-        locks.c.classid == cast(literal(high, BigInteger), OID),
-        locks.c.objid == cast(literal(low, BigInteger), OID),
-        locks.c.database
-        == select(databases.c.oid)
-        .where(databases.c.datname == func.current_database())
-        .scalar_subquery(),
-        locks.c.pid == work.c.leader_pid,
-    )
+    holding = lock_holders(pid=work.c.leader_pid)
     return select(work.c.run_id).where(work.c.run_id == run_id, holding.exists()).exists()
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
-from tests.acceptance.cli import clean_env, run
+import pytest
+
+from tests.acceptance.cli import clean_env, retention_command, run
 from tests.conftest import engine_for
+from tests.pg import free_port
 from tests.support import NOW, Scenario, insert, policy_toml
 
 P1 = UUID("5f0c6c1e-3d5b-4b7e-9a51-0d6f7c2b9e11")
@@ -68,3 +77,116 @@ def test_a_failed_run_does_not_report_the_backlog_as_gone(sqlite_url: str, tmp_p
 
     assert math.isnan(after.get(BACKLOG, math.nan)), after.get(BACKLOG)
     assert math.isnan(after.get(LAG, math.nan)), after.get(LAG)
+
+
+def _scrape(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            return _metrics(r.read().decode())
+    except OSError:
+        return {}
+
+
+def test_schedule_logs_a_failed_run_without_the_previous_runs_id(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """``retention schedule``: run 1 succeeds, the next run fails before it opens a run
+    (a broken policy file: exit 2). Its JSON log line "run failed: ..." must not carry
+    ``run_id`` 1: run 1 succeeded, and an operator who greps the logs for run 1 (or joins
+    them with ``retention receipts --run 1``) would find a failure there. Outside a run the
+    id is null (logs.py: "``-`` outside a run"). ``engine`` sets the id with
+    ``logs.set_run`` and nothing resets it, so in the long-running loop every later line
+    carries the last run's id (and its last action)."""
+    insert(engine_for(sqlite_url), _scenario())
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.toml").write_text(policy_toml(projects=[(P1, {"project_logs": 30})]))
+    port = free_port()
+    env = clean_env(
+        RETENTION_DATABASE_URL=sqlite_url,
+        RETENTION_POLICY_DIR=str(policies),
+        RETENTION_NOW=NOW.isoformat(),
+        RETENTION_LOG_FORMAT="json",
+    )
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(
+            [
+                retention_command(),
+                "schedule",
+                "--cron",
+                "* * * * * */2",
+                "--metrics-port",
+                str(port),
+                "--allow-large-deletes",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+
+            def wait_for(code: int) -> None:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    if _scrape(port).get(f'retention_run_outcome{{exit_code="{code}"}}') == 1.0:
+                        return
+                    time.sleep(0.2)
+                raise AssertionError(f"no run ended with exit {code}")
+
+            wait_for(0)
+            (policies / "p.toml").write_text("[defaults]\nproject_logs = 'soon'\n")  # exit 2
+            wait_for(2)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        stderr.seek(0)
+        lines = [json.loads(line) for line in stderr.read().splitlines() if line.startswith("{")]
+    assert any(line["run_id"] == 1 and line["action"] == "report" for line in lines)
+    failed = [line for line in lines if line["message"].startswith("run failed:")]
+    assert failed, lines[-5:]
+    assert [line["run_id"] for line in failed] == [None] * len(failed)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--output", "{tmp}/missing-volume/report.json"),  # the report folder is not mounted
+        ("--plan", "{tmp}/missing-volume/plan.json"),  # the reviewed plan is not there
+    ],
+    ids=["output", "plan"],
+)
+def test_a_run_refused_at_its_start_replaces_the_last_successs_metrics(
+    sqlite_url: str, tmp_path: Path, flags: tuple[str, str]
+) -> None:
+    """After a successful run, the next ``retention run`` exits 2 at its start (its report
+    file cannot be written, or its plan file cannot be read). The textfile must say so:
+    retention_run_outcome{exit_code="2"} 1, as for every other failed run (operations.md
+    alerts on outcome 2). ``commands.purge`` checks the output (``_check_writable``) and
+    ``_deleting_run`` reads the plan before the ``try`` whose ``finally`` publishes, so the
+    textfile keeps the successful run's outcome 0: the failure is silent in the metrics."""
+    insert(engine_for(sqlite_url), _scenario())
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.toml").write_text(policy_toml(projects=[(P1, {"project_logs": 30})]))
+    textfile = tmp_path / "textfile" / "retention.prom"
+    env = clean_env(
+        RETENTION_DATABASE_URL=sqlite_url,
+        RETENTION_POLICY_DIR=str(policies),
+        RETENTION_NOW=NOW.isoformat(),
+        RETENTION_METRICS_TEXTFILE=str(textfile),
+    )
+    done = run("run", "--allow-large-deletes", env=env)
+    assert done.code == 0, done.stderr
+    assert _metrics(textfile.read_text())['retention_run_outcome{exit_code="0"}'] == 1.0
+
+    flag, value = flags
+    refused = run("run", flag, value.format(tmp=tmp_path), env=env)
+
+    assert refused.code == 2, refused.stderr
+    values = _metrics(textfile.read_text())
+    assert values['retention_run_outcome{exit_code="2"}'] == 1.0
+    assert values['retention_run_outcome{exit_code="0"}'] == 0.0

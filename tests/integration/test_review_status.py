@@ -11,6 +11,7 @@ import pytest
 
 from retention import engine as engine_module
 from retention import state, status
+from retention.db import make_engine
 from retention.errors import DatabaseError
 from retention.guards import FIRST_RUN
 from retention.models import RunStatus
@@ -126,3 +127,21 @@ def test_a_failed_purge_abandoned_by_a_run_that_then_fails_stays_a_problem(
     assert [r.status for r in found.runs] == ["abandoned"]
     assert not found.healthy, found.problems
     assert any(f"({run.id})" in p for p in found.problems), found.problems
+
+
+def test_status_sees_the_run_lock_held_while_a_run_holds_it(db_url: str, tmp_path: Path) -> None:
+    """The dead-run check looks at the lock without taking it: held while a run holds it
+    (a live run is not reported dead), free after."""
+    _world(db_url)
+    policies = _policies(tmp_path)
+    (running,) = _record_runs(db_url, "run", 1, RunStatus.RUNNING)
+    database = worker(db_url, policies).database
+    engine = make_engine(database)
+    try:
+        with state.run_lock(engine, database):
+            live = status.collect(worker(db_url, policies), max_age=None, backlog=False)
+        gone = status.collect(worker(db_url, policies), max_age=None, backlog=False)
+    finally:
+        engine.dispose()
+    assert live.healthy and running in live.in_progress
+    assert not gone.healthy
