@@ -1,4 +1,4 @@
-"""Review: ``retention schedule`` keeps scheduling after a failed run, reports every run's
+"""``retention schedule`` keeps scheduling after a failed run, reports every run's
 outcome on /metrics, and its jitter never costs a scheduled slot."""
 
 from __future__ import annotations

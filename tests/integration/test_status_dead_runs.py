@@ -1,4 +1,4 @@
-"""Review: ``retention status`` as a health check must not call a failed or dead purge
+"""``retention status`` as a health check must not call a failed or dead purge
 healthy because other records came after it, or because its record still says 'running'."""
 
 from __future__ import annotations

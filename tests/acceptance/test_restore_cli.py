@@ -1,4 +1,4 @@
-"""Review: segment commands whose exit code says success when something failed."""
+"""``retention restore``: its exit code says so when a segment could not come back."""
 
 from __future__ import annotations
 

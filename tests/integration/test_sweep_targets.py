@@ -1,4 +1,5 @@
-"""Review: segment lifecycle bugs (each test fails on the code as reviewed)."""
+"""The sweep deletes only segments a target of the run still expires (a policy removed or
+lengthened, an orphan, holds when the policy folder is gone), and checks the store first."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review: what ``retention run`` tells an operator through its metrics when it fails."""
+"""What ``retention run`` tells an operator through its metrics when it fails."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Review of the shared block sweep: joiners and helpers under faults and races.
-
-Each test here fails on the code it was written against, for the bug its docstring names.
-"""
+"""The shared block sweep under faults and races: a joiner whose run stopped, a joiner on
+another table, a joiner's batch in flight when the leader stops (each was a bug)."""
 
 from __future__ import annotations
 
