@@ -46,11 +46,12 @@ class BatchContext:
     sleep: Callable[[float], None] = time.sleep
 
 
+GAVE_UP = "gave up after"
+
+
 def gave_up_note(waits: int) -> str:
     """Why a target or the sweep stopped after ``RETENTION_LOCK_RETRIES`` timeouts in a row."""
-    return (
-        f"gave up after {waits} lock waits (rows held by another transaction); the next run resumes"
-    )
+    return f"{GAVE_UP} {waits} lock waits (rows held by another transaction); the next run resumes"
 
 
 GROW_AFTER = 4  # batches in a row without a timeout before a halved batch size doubles back

@@ -12,11 +12,13 @@ import logging
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
+from prometheus_client.metrics_core import Metric
 
 __all__ = ["CollectorRegistry", "RunMetrics", "publish", "registry_for", "serve", "update"]
 from prometheus_client import start_http_server as _start_http_server
@@ -134,11 +136,25 @@ def registry_for(run: RunMetrics, registry: CollectorRegistry | None = None) -> 
     return registry
 
 
+class _Current:
+    """The one collector ``schedule`` serves: the latest run's metrics, swapped whole, so a
+    scrape never sees a half-replaced set (or none)."""
+
+    def __init__(self) -> None:
+        self.inner = CollectorRegistry()
+
+    def collect(self) -> Iterable[Metric]:
+        return self.inner.collect()
+
+
 def update(registry: CollectorRegistry, run: RunMetrics) -> None:
     """Replace the served metrics with those of ``run`` (for ``schedule``'s /metrics)."""
-    for collector in list(registry._collector_to_names):
-        registry.unregister(collector)
-    registry_for(run, registry)
+    fresh = registry_for(run)
+    current = next((c for c in registry._collector_to_names if isinstance(c, _Current)), None)
+    if current is None:
+        current = _Current()
+        registry.register(current)
+    current.inner = fresh
 
 
 def write_textfile(path: Path, registry: CollectorRegistry) -> None:

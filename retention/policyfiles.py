@@ -8,6 +8,7 @@ data.
 from __future__ import annotations
 
 import math
+import threading
 import tomllib
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
@@ -237,6 +238,7 @@ class HoldWatcher:
         self._stamp: tuple[tuple[str, int, int, int, int], ...] | None = None
         self._holds: tuple[Hold, ...] = ()
         self._seen = False  # the folder was there at a read
+        self._lock = threading.Lock()  # the sweep's helper threads share one watcher
 
     def _current_stamp(self) -> tuple[tuple[str, int, int, int, int], ...]:
         if not self.path.is_dir():
@@ -264,8 +266,9 @@ class HoldWatcher:
         return tuple(stamps)
 
     def __call__(self) -> tuple[Hold, ...]:
-        stamp = self._current_stamp()
-        if stamp != self._stamp:
-            self._holds = load_policy_dir(self.path, required=False).holds
-            self._stamp = stamp
-        return self._holds
+        with self._lock:
+            stamp = self._current_stamp()
+            if stamp != self._stamp:
+                self._holds = load_policy_dir(self.path, required=False).holds
+                self._stamp = stamp
+            return self._holds

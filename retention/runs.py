@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine
 
 from . import dataplane, migrate, report, state, workqueue
 from .db import make_engine, snapshot, translate_errors
+from .deleter import GAVE_UP
 from .models import Phase, Plan, RunStatus, SweepOutcome, TargetOutcome
 from .state import Checkpoint, RunRecord
 from .tables import DataPlaneTables
@@ -165,10 +166,15 @@ def run_problem(
     if guarded:
         held = "; ".join(f"{key}: {why}" for key, why in sorted(guarded.items()))
         parts.append(f"held back by a guard: {held}")
-    if not stop:  # a stop leaves targets unfinished by design; anything else is a problem
-        left = [f"{o.target.key} ({o.note})" for o in outcomes if o.phase is not Phase.DONE]
-        if left:
-            parts.append(f"unfinished: {'; '.join(left)}")
+    # a stop leaves targets unfinished by design; anything else is a problem, and so is a
+    # target given up after lock waits before the stop came
+    left = [
+        f"{o.target.key} ({o.note})"
+        for o in outcomes
+        if o.phase is not Phase.DONE and (not stop or o.note.startswith(GAVE_UP))
+    ]
+    if left:
+        parts.append(f"unfinished: {'; '.join(left)}")
     if swept is not None and (swept.failed or swept.refused):
         parts.append(
             f"segment files not deleted: {swept.failed:,} failed, {swept.refused:,} refused"

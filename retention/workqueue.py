@@ -8,7 +8,9 @@ a worker that lost its unit (another worker took it over) deletes nothing more f
 batch rolls back. A unit is taken over when its owner's database session is gone (a dead
 process: its server process is no longer in ``pg_stat_activity``) or its heartbeat is older
 than ``RETENTION_WORKER_STALE`` (a live but stuck one). Heartbeats use the database clock,
-so workers on several hosts agree on it. Only a run that is still running hands out units.
+so workers on several hosts agree on it (the statement's time, not its transaction's:
+a long batch does not look stale the moment it commits). Only a run that is still running
+hands out units.
 
 Only a *led* run hands out units and deletes: the sweep records its leader's server process
 (``leader_pid``, set when the leader prepares the sweep of this attempt), and every claim
@@ -220,7 +222,9 @@ def current_sweep(conn: Connection, run_id: int) -> SweepSet:
 
 def claim(conn: Connection, run_id: int, me: str, stale: timedelta) -> Unit | None:
     """The next unit nobody live owns (call in its own short transaction)."""
-    stale_before = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, stale.total_seconds())
+    stale_before = func.clock_timestamp() - func.make_interval(
+        0, 0, 0, 0, 0, 0, stale.total_seconds()
+    )
     activity = table("pg_stat_activity", column("pid"))
     running = select(runs.c.id).where(runs.c.id == run_id, runs.c.status == "running")
     row = conn.execute(
@@ -249,7 +253,7 @@ def claim(conn: Connection, run_id: int, me: str, stale: timedelta) -> Unit | No
         .values(
             owner=me,
             owner_pid=func.pg_backend_pid(),
-            heartbeat_at=func.now(),
+            heartbeat_at=func.clock_timestamp(),
             claims=units.c.claims + 1,
         )
     )
@@ -265,7 +269,7 @@ def advance(
     signal), or the leader is gone."""
     values: dict[str, object] = {
         "next_block": next_block,
-        "heartbeat_at": func.now(),
+        "heartbeat_at": func.clock_timestamp(),
         "rows": units.c.rows + rows,
         "batches": units.c.batches + 1,
     }
