@@ -239,8 +239,53 @@ def apply_new_holds(target: Target, holds: Sequence[Hold]) -> tuple[Target, Hold
     return target, None
 
 
-def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) -> TargetOutcome:
+def _reopened(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -> Checkpoint:
+    """A target resumed from an earlier attempt whose walk there passed rows or segments it
+    may not pass now (an object held then, its hold lifted since): the plan, made now,
+    still counts expired rows (or live expired segments) in a phase the checkpoint has
+    left, so that phase starts over from its beginning (the counts stay)."""
+    order = (Phase.ROWS, Phase.SEGMENTS, Phase.REGISTRY, Phase.DONE)
+    at = order.index(checkpoint.phase)
+    if target.counts.rows and at > 0:
+        log.warning("target=%s: expired rows left behind its checkpoint; rows again", target.key)
+        return replace(checkpoint, phase=Phase.ROWS, cursor=None)
+    if target.counts.segments and ctx.mark_segments and at > 1:
+        log.warning("target=%s: expired segments left behind its checkpoint", target.key)
+        return replace(checkpoint, phase=Phase.SEGMENTS, segment_cursor=None)
+    return checkpoint
+
+
+def _recheck(
+    ctx: BatchContext, target: Target, before: Phase, checkpoint: Checkpoint, pending: set[Phase]
+) -> Checkpoint:
+    """A resumed target's rows (or segments) phase has just ended, after a walk that began
+    in an earlier attempt: is anything expired left before where it began (an object held
+    then, no longer)? Then once more from the beginning (call in the batch's transaction)."""
+    if before is checkpoint.phase or before not in pending:
+        return checkpoint
+    pending.discard(before)
+    r = target.resolution
+    if before is Phase.ROWS and dataplane.rows_left(ctx.conn, ctx.tables, r, None):
+        checkpoint = replace(checkpoint, phase=Phase.ROWS, cursor=None)
+    elif before is Phase.SEGMENTS and segments.marks_left(ctx.conn, ctx.tables, r, None):
+        checkpoint = replace(checkpoint, phase=Phase.SEGMENTS, segment_cursor=None)
+    else:
+        return checkpoint
+    log.warning("target=%s: expired %s left before the resumed walk", target.key, before.value)
+    _save(ctx, target, checkpoint)
+    return checkpoint
+
+
+def purge_target(
+    ctx: BatchContext, target: Target, found: Checkpoint | None, *, resumed: bool = False
+) -> TargetOutcome:
+    """Batches for the target until it is done. ``resumed``: ``found`` comes from an
+    earlier attempt of the run, whose walk may have passed objects held then."""
     checkpoint = initial_checkpoint(target, found)
+    pending: set[Phase] = set()
+    if resumed and found is not None:
+        checkpoint = _reopened(ctx, target, checkpoint)
+        pending = {Phase.ROWS, Phase.SEGMENTS}
     if checkpoint.phase is Phase.SEGMENTS and not ctx.mark_segments:
         checkpoint = replace(checkpoint, phase=_after_segments(target))
     step = ctx
@@ -262,7 +307,10 @@ def purge_target(ctx: BatchContext, target: Target, found: Checkpoint | None) ->
         try:
             began = time.monotonic()
             with step.conn.begin():
+                before = checkpoint.phase
                 checkpoint = _steps(step, target, checkpoint)
+                if pending:
+                    checkpoint = _recheck(step, target, before, checkpoint, pending)
             longest = max(longest, time.monotonic() - began)
             streak = 0
             calm += 1

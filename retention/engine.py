@@ -269,7 +269,13 @@ def _locked_purge(
     clocks = (worker.clock(), server_now(conn))
     now = worker.pinned_now(clocks[1])
     with conn.begin():
-        resumed = state.resumable_run(conn, clock=worker.clock(), max_age=settings.resume_max_age)
+        # a run pinned in the future (by a clock that was ahead) is abandoned, not resumed
+        resumed = state.resumable_run(
+            conn,
+            clock=worker.clock(),
+            max_age=settings.resume_max_age,
+            not_after=min(worker.clock(), now) + MAX_NOW_LEAD,
+        )
         first_run = state.successful_runs(conn) == 0
         previous = state.last_success_days(conn)
     reviewed = options.plan_file
@@ -373,7 +379,15 @@ def _locked_purge(
             "longest_batch": round(max((o.longest_batch for o in outcomes), default=0.0), 3),
         },
         sweep=swept,
+        unplanned=_unplanned(the_plan, checkpoints),
     )
+
+
+def _unplanned(the_plan: Plan, checkpoints: dict[str, Checkpoint]) -> tuple[int, int, int]:
+    """What earlier attempts did for targets the plan no longer has (rows, segments, bytes)."""
+    planned = {t.key for t in the_plan.targets}
+    left = [c for key, c in checkpoints.items() if key not in planned]
+    return (sum(c.rows for c in left), sum(c.segments for c in left), sum(c.bytes for c in left))
 
 
 def _pinned_now(
@@ -456,7 +470,18 @@ def _delete(
     if store is not None:
         resolutions = [t.resolution for t in the_plan.targets]
         orphans = frozenset(o.project_id for o in the_plan.orphans)
-        restore_kept(ctx.conn, ctx.tables, store, ctx.run_id, ctx.clock, resolutions, orphans)
+        with ctx.conn.begin():
+            since = state.run_started(ctx.conn, ctx.run_id)
+        undone = restore_kept(
+            ctx.conn, ctx.tables, store, ctx.run_id, ctx.clock, resolutions, orphans, since
+        )
+        for (project_id, object_type), (n, size) in undone.items():
+            key = f"{project_id}/{object_type}"
+            if key in checkpoints:  # the run's own marks, undone: no longer counted
+                c = checkpoints[key]
+                checkpoints[key] = replace(
+                    c, segments=max(c.segments - n, 0), bytes=max(c.bytes - size, 0)
+                )
     logs.set_action("delete")
     allowed = [t for t in the_plan.targets if t.key not in guarded]
     dropped = 0  # rows that went with whole partitions
@@ -480,7 +505,9 @@ def _delete(
         if rows is not None and target.key in rows.swept:
             outcomes.append(_after_sweep(ctx, target, rows))
         else:
-            outcome = _purge_or_skip(ctx, target, checkpoints.get(target.key), guarded)
+            outcome = _purge_or_skip(
+                ctx, target, checkpoints.get(target.key), guarded, resumed=target.key in earlier
+            )
             if target.key in longest:
                 outcome = replace(
                     outcome, longest_batch=max(outcome.longest_batch, longest[target.key])
@@ -563,7 +590,12 @@ def _has_work(ctx: BatchContext, target: Target, found: Checkpoint | None) -> bo
 
 
 def _purge_or_skip(
-    ctx: BatchContext, target: Target, found: Checkpoint | None, guarded: dict[str, str]
+    ctx: BatchContext,
+    target: Target,
+    found: Checkpoint | None,
+    guarded: dict[str, str],
+    *,
+    resumed: bool = False,
 ) -> TargetOutcome:
     """Purge the target unless a guard holds it back or there is nothing to do.
 
@@ -571,7 +603,7 @@ def _purge_or_skip(
     """
     reason = guarded.get(target.key, "")
     if not reason and _has_work(ctx, target, found):
-        return purge_target(ctx, target, found)
+        return purge_target(ctx, target, found, resumed=resumed)
     if reason:
         log.warning("target=%s guarded: %s", target.key, reason)
     return TargetOutcome(

@@ -357,3 +357,6 @@ class RunReport:
     warnings: tuple[str, ...] = ()
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     sweep: SweepOutcome | None = None
+    # rows, segments, bytes that earlier attempts of a resumed run deleted (or marked) for
+    # targets no longer planned: in the totals, so they add up to what the run did
+    unplanned: tuple[int, int, int] = (0, 0, 0)

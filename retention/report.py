@@ -85,10 +85,17 @@ def report_document(report: RunReport) -> dict[str, Any]:
         **({} if report.plan.newest_row is None else {"newest_row": report.plan.newest_row}),
         "targets": targets,
         "totals": {
-            "rows": sum(t["rows"] for t in targets),
-            "segments": sum(t["segments"] for t in targets),
-            "bytes": sum(t["bytes"] for t in targets),
+            "rows": sum(t["rows"] for t in targets) + report.unplanned[0],
+            "segments": sum(t["segments"] for t in targets) + report.unplanned[1],
+            "bytes": sum(t["bytes"] for t in targets) + report.unplanned[2],
         },
+        **(
+            {}
+            if not any(report.unplanned)
+            else {
+                "unplanned": dict(zip(("rows", "segments", "bytes"), report.unplanned, strict=True))
+            }
+        ),
         "orphans": [
             {
                 "project_id": str(o.project_id),

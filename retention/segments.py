@@ -64,6 +64,7 @@ class SegmentFile:
     bytes: int
     project_id: UUID
     object_type: str
+    unused_at: datetime | None = None
 
     @property
     def pair(self) -> Pair:
@@ -162,12 +163,26 @@ def unmark(
 
 
 def _file_columns(sg: Any) -> tuple[Any, ...]:
-    return (sg.c.segment_id, sg.c.object_key, sg.c.byte_size, sg.c.project_id, sg.c.object_type)
+    return (
+        sg.c.segment_id,
+        sg.c.object_key,
+        sg.c.byte_size,
+        sg.c.project_id,
+        sg.c.object_type,
+        sg.c.unused_at,
+    )
 
 
 def _files(conn: Connection, query: Select[Any]) -> list[SegmentFile]:
     return [
-        SegmentFile(segment_id=r[0], key=r[1], bytes=int(r[2]), project_id=r[3], object_type=r[4])
+        SegmentFile(
+            segment_id=r[0],
+            key=r[1],
+            bytes=int(r[2]),
+            project_id=r[3],
+            object_type=r[4],
+            unused_at=r[5],
+        )
         for r in conn.execute(query)
     ]
 

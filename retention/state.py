@@ -227,6 +227,14 @@ def start_run(
     return _record(result.one())
 
 
+def run_started(conn: Connection, run_id: int) -> datetime:
+    """When the run's first attempt began."""
+    value: datetime = conn.execute(
+        select(runs.c.started_at).where(runs.c.id == run_id)
+    ).scalar_one()
+    return value
+
+
 def pinned_now(conn: Connection, run_id: int) -> datetime:
     """The run's pinned ``now`` (what its cutoffs and holds are judged at)."""
     value: datetime = conn.execute(
@@ -244,28 +252,73 @@ def _unfinished(conn: Connection) -> list[RunRecord]:
     return [_record(row) for row in rows]
 
 
-def pending_run(conn: Connection, *, clock: datetime, max_age: timedelta) -> RunRecord | None:
-    """The unfinished run that the next purge would resume (reads only)."""
+def pending_run(
+    conn: Connection,
+    *,
+    clock: datetime,
+    max_age: timedelta,
+    not_after: datetime | None = None,
+) -> RunRecord | None:
+    """The unfinished run that the next purge would resume (reads only): started at most
+    ``max_age`` ago (and not in the future), its pinned now not after ``not_after`` (a run
+    pinned by a clock that was ahead must not go on deleting by it)."""
     unfinished = _unfinished(conn)
-    if unfinished and clock - unfinished[0].started_at <= max_age:
-        return unfinished[0]
-    return None
+    if not unfinished:
+        return None
+    last = unfinished[0]
+    if not timedelta(0) <= clock - last.started_at <= max_age:
+        return None
+    if not_after is not None and last.pinned_now > not_after:
+        return None
+    return last
 
 
-def resumable_run(conn: Connection, *, clock: datetime, max_age: timedelta) -> RunRecord | None:
-    """The unfinished run to resume, if any; older unfinished ones are marked abandoned.
+def resumable_run(
+    conn: Connection,
+    *,
+    clock: datetime,
+    max_age: timedelta,
+    not_after: datetime | None = None,
+) -> RunRecord | None:
+    """The unfinished run to resume, if any; other unfinished ones are marked abandoned,
+    with the totals of what they deleted. Runs of other modes (a sweep, a restore) still
+    marked ``running`` have died: they are marked failed.
 
     Called with the lock held, so a run still marked ``running`` has died.
     """
-    keep = pending_run(conn, clock=clock, max_age=max_age)
+    keep = pending_run(conn, clock=clock, max_age=max_age, not_after=not_after)
     for record in _unfinished(conn):
         if keep is None or record.id != keep.id:
             conn.execute(
                 update(runs)
                 .where(runs.c.id == record.id)
-                .values(status=RunStatus.ABANDONED.value, finished_at=clock)
+                .values(
+                    status=RunStatus.ABANDONED.value,
+                    finished_at=clock,
+                    rows=_checkpoint_total(record.id, checkpoints.c.rows),
+                    segments=_checkpoint_total(record.id, checkpoints.c.segments),
+                    bytes=_checkpoint_total(record.id, checkpoints.c.bytes),
+                )
             )
+    conn.execute(
+        update(runs)
+        .where(runs.c.status == RunStatus.RUNNING.value, runs.c.mode.not_in(PURGE_MODES))
+        .values(
+            status=RunStatus.FAILED.value,
+            finished_at=clock,
+            error="killed: still recorded as running when the next run took the lock",
+        )
+    )
     return keep
+
+
+def _checkpoint_total(run_id: int, column: Any) -> Any:
+    """What the run's checkpoints count (earlier attempts included)."""
+    return (
+        select(func.coalesce(func.sum(column), 0))
+        .where(checkpoints.c.run_id == run_id)
+        .scalar_subquery()
+    )
 
 
 def reopen_run(
@@ -303,11 +356,7 @@ def finish_run(
             return literal(
                 {"rows": totals[0], "segments": totals[1], "bytes": totals[2]}[column.key]
             )
-        return (
-            select(func.coalesce(func.sum(column), 0))
-            .where(checkpoints.c.run_id == run_id)
-            .scalar_subquery()
-        )
+        return _checkpoint_total(run_id, column)
 
     conn.execute(
         update(runs)
@@ -404,6 +453,23 @@ def insert_checkpoints(
             ],
         )
         conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=clock))
+
+
+def take_back_marks(conn: Connection, run_id: int, target: str, segments: int, size: int) -> None:
+    """Marks the run made for ``target`` and has just undone (a resume whose policies now
+    keep them): they no longer count as marked by it."""
+    conn.execute(
+        update(checkpoints)
+        .where(checkpoints.c.run_id == run_id, checkpoints.c.target == target)
+        .values(
+            segments=func.max(checkpoints.c.segments - segments, 0)
+            if conn.dialect.name == "sqlite"
+            else func.greatest(checkpoints.c.segments - segments, 0),
+            bytes=func.max(checkpoints.c.bytes - size, 0)
+            if conn.dialect.name == "sqlite"
+            else func.greatest(checkpoints.c.bytes - size, 0),
+        )
+    )
 
 
 def save_checkpoint(

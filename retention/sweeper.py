@@ -182,32 +182,47 @@ def restore_kept(
     clock: Callable[[], datetime],
     resolutions: Sequence[Resolution],
     orphans: frozenset[UUID],
-) -> int:
+    since: datetime | None = None,
+) -> dict[Pair, tuple[int, int]]:
     """Before a purge's sweep: segments marked unused earlier that the run's policies and
     holds now keep go back to live, as ``retention restore`` would: of each target (a
     policy lengthened, a hold added), and of every (project, object type) that is no target
     of the run (its policy removed: no policy keeps data forever). An orphan project's
     marks stay as they are (``--purge-orphans`` sweeps them; the sweep skips them without).
     Only segments whose file is still there come back (a live index row must have its
-    file); the others stay unused. Restore receipts say why. Returns how many."""
+    file); the others stay unused. Restore receipts say why.
+
+    ``since``: when the run began (a resumed run's first attempt): marks made since are the
+    run's own, and are taken back from its checkpoints. Returns those, by target."""
     covered = by_pair(resolutions).keys()
-    back = 0
+    revived: list[SegmentFile] = []
     for resolution in resolutions:
         with conn.begin():
             kept = segments.marks_kept(conn, tables, resolution)
         why = "kept now (a longer policy or a hold) since it was marked"
-        back += _revive(conn, tables, store, run_id, clock, kept, why)
+        revived += _revive(conn, tables, store, run_id, clock, kept, why, since)
     with conn.begin():
         pages = list(segments.marks_uncovered(conn, tables, covered))
     why = "kept now (no policy) since it was marked"
     for page in pages:
         unowned = [f for f in page if f.project_id not in orphans]
-        back += _revive(conn, tables, store, run_id, clock, unowned, why)
-    if back:
+        revived += _revive(conn, tables, store, run_id, clock, unowned, why, since)
+    if revived:
         log.warning(
-            "%d segments marked unused earlier are kept now (policy or hold); restored", back
+            "%d segments marked unused earlier are kept now (policy or hold); restored",
+            len(revived),
         )
-    return back
+    return _own_marks(revived, since)
+
+
+def _own_marks(files: list[SegmentFile], since: datetime | None) -> dict[Pair, tuple[int, int]]:
+    """(segments, bytes) by target of the files marked at or after ``since``."""
+    own: dict[Pair, tuple[int, int]] = {}
+    for f in files:
+        if since is not None and f.unused_at is not None and f.unused_at >= since:
+            n, size = own.get(f.pair, (0, 0))
+            own[f.pair] = (n + 1, size + f.bytes)
+    return own
 
 
 def _revive(
@@ -218,9 +233,10 @@ def _revive(
     clock: Callable[[], datetime],
     files: list[SegmentFile],
     source: str,
-) -> int:
+    since: datetime | None = None,
+) -> list[SegmentFile]:
     if not files:
-        return 0
+        return []
     there = store.present([f.key for f in files])
     gone = [f for f in files if f.key not in there]
     if gone:
@@ -231,7 +247,9 @@ def _revive(
     with conn.begin():
         back = segments.unmark(conn, tables, [f for f in files if f.key in there])
         record_segments(conn, run_id, clock(), back, action="restore", source=source)
-    return len(back)
+        for (project_id, object_type), (n, size) in _own_marks(back, since).items():
+            state.take_back_marks(conn, run_id, f"{project_id}/{object_type}", n, size)
+    return back
 
 
 def record_segments(
