@@ -15,9 +15,11 @@ import hashlib
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Connection,
     Select,
@@ -41,6 +43,8 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from .blocksweep import newest_of, resolution_arrays, up_to
 from .errors import SchemaError
@@ -156,6 +160,50 @@ _SQLITE_FORMATS = {
 }
 
 
+class _Canonical(ColumnElement[bool]):
+    """True where ``column`` holds a value in its SQLite storage spelling (``pattern``);
+    always true on PostgreSQL (typed columns)."""
+
+    inherit_cache = True
+    type = Boolean()
+    _traverse_internals = [  # noqa: RUF012 (SQLAlchemy reads it from the class)
+        ("column", InternalTraversal.dp_clauseelement),
+        ("pattern", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, column: ColumnElement[Any], pattern: str) -> None:
+        self.column = column
+        self.pattern = pattern
+
+
+@compiles(_Canonical)
+def _canonical_anywhere(element: _Canonical, compiler: Any, **kw: Any) -> str:
+    return "1 = 1"
+
+
+@compiles(_Canonical, "sqlite")
+def _canonical_sqlite(element: _Canonical, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(type_coerce(element.column, Text), **kw)
+    pattern = compiler.process(literal(element.pattern, Text), **kw)
+    return f"{column} GLOB {pattern}"
+
+
+def canonical_time(column: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Rows a time comparison may judge: on SQLite, text in the one spelling that orders
+    like time. A row written in another spelling while a run goes on (after its up-front
+    check) is never deleted by a text comparison that would get it wrong."""
+    return _Canonical(column, SQLITE_TIMESTAMP_GLOB)
+
+
+def canonical_id(column: ColumnElement[Any]) -> ColumnElement[bool]:
+    """On SQLite, an id in canonical lower-case text: a hold's ``NOT IN`` can only keep an
+    object whose id is spelled as the hold's."""
+    return _Canonical(column, SQLITE_UUID_GLOB)
+
+
+_SQLITE_NULLABLE = frozenset({"unused_at"})
+
+
 def check_sqlite_values(
     conn: Connection, tables: DataPlaneTables, roles: Iterable[str] = tuple(_SQLITE_FORMATS)
 ) -> None:
@@ -169,14 +217,13 @@ def check_sqlite_values(
         table = tables.by_role(role)
         for key, pattern in columns.items():
             column = type_coerce(table.c[key], Text)
-            bad = conn.execute(
-                select(literal(1))
-                .where(
-                    column.is_not(None),  # nullable columns (unused_at) may be NULL
-                    not_(column.op("GLOB", is_comparison=True)(literal(pattern, Text))),
-                )
-                .limit(1)
-            ).first()
+            spelled = column.op("GLOB", is_comparison=True)(literal(pattern, Text))
+            # only unused_at may be NULL: a NULL time or id (a table without the reference
+            # schema's NOT NULL) is no value the worker can judge
+            wrong = (
+                not_(spelled) if key in _SQLITE_NULLABLE else or_(column.is_(None), not_(spelled))
+            )
+            bad = conn.execute(select(literal(1)).where(wrong).limit(1)).first()
             if bad is not None:
                 expected = (
                     "'YYYY-MM-DD HH:MM:SS.ffffff' (UTC)"
@@ -185,7 +232,7 @@ def check_sqlite_values(
                 )
                 raise SchemaError(
                     f"table {table.name!r} column {table.c[key].name!r} holds values not in "
-                    f"the SQLite storage format {expected}; nothing was deleted"
+                    f"the SQLite storage format {expected} (or NULL); nothing was deleted"
                 )
 
 
@@ -246,7 +293,7 @@ def rows_by_project(
 
 
 def not_held(column: ColumnElement[UUID], held: frozenset[UUID]) -> ColumnElement[bool]:
-    return column.not_in(sorted(held)) if held else true()
+    return and_(column.not_in(sorted(held)), canonical_id(column)) if held else true()
 
 
 def _target_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bool]:
@@ -264,6 +311,7 @@ def expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Sele
         ob.c.object_type == ObjectType.EXPERIMENT.value,
         ob.c.project_id == resolution.project_id,
         ob.c.created < resolution.cutoff,
+        canonical_time(ob.c.created),
         not_held(ob.c.object_id, resolution.held_object_ids),
     )
 
@@ -300,6 +348,7 @@ def _expired_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnElem
     return and_(
         _target_rows(tables, resolution),
         ev.c.created < resolution.cutoff,
+        canonical_time(ev.c.created),
         not_held(ev.c.object_id, resolution.held_object_ids),
         reviewed,
     )
@@ -715,6 +764,7 @@ def delete_registry_batch(
         ob.c.object_type == ObjectType.EXPERIMENT.value,
         ob.c.project_id == resolution.project_id,
         ob.c.created < resolution.cutoff,
+        canonical_time(ob.c.created),
         not_held(ob.c.object_id, resolution.held_object_ids),
         ~has_rows,
     )

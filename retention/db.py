@@ -73,8 +73,15 @@ def parse_database_url(raw: str) -> Database:
             raise UsageError(f"invalid database URL ({scheme}://…): cannot parse it") from None
         return Database(url)
     if sep and scheme == "sqlite":
-        if not text.startswith("sqlite:///") or text in ("sqlite:///", "sqlite:///:memory:"):
-            raise UsageError("invalid database URL: SQLite needs a file, sqlite:///PATH")
+        path = text[len("sqlite:///") :] if text.startswith("sqlite:///") else ""
+        # one file by its path, and nothing else: no in-memory database (it would vanish
+        # with its connection), no SQLite URI (``file:...``) and no query options (the
+        # read-only engine and the run lock open the path itself)
+        if not path or "?" in path or path.startswith("file:") or ":memory:" in path:
+            raise UsageError(
+                "invalid database URL: SQLite needs a file, sqlite:///PATH (no query "
+                "options, no ':memory:', no 'file:' URI)"
+            )
         return Database(make_url(text))
     if sep and _SCHEME.match(scheme):
         raise UsageError(
@@ -93,7 +100,10 @@ def make_engine(
 ) -> Engine:
     """An engine for ``database``. SQLite files must exist unless ``create`` is set."""
     if database.is_sqlite:
-        return _sqlite_engine(database, read_only=read_only, create=create)
+        # the lock timeout is SQLite's busy timeout: a file the application holds locked
+        # is waited for that long, then the batch counts as a lock wait (and retries)
+        busy = lock_timeout.total_seconds() if lock_timeout is not None else 30.0
+        return _sqlite_engine(database, read_only=read_only, create=create, busy=busy)
     options = [database.url.query.get("options", "")]  # keep the operator's own options
     options.append("-c TimeZone=UTC")
     if read_only:
@@ -111,7 +121,9 @@ def make_engine(
     return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
 
 
-def _sqlite_engine(database: Database, *, read_only: bool, create: bool) -> Engine:
+def _sqlite_engine(
+    database: Database, *, read_only: bool, create: bool, busy: float = 30.0
+) -> Engine:
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         need = ".".join(map(str, MIN_SQLITE))
         raise UsageError(f"SQLite {sqlite3.sqlite_version} is too old; {need} or newer needed")
@@ -127,11 +139,11 @@ def _sqlite_engine(database: Database, *, read_only: bool, create: bool) -> Engi
         uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
 
         def connect() -> sqlite3.Connection:
-            return sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+            return sqlite3.connect(uri, uri=True, timeout=busy, check_same_thread=False)
 
         engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
     else:
-        engine = create_engine(database.url, poolclass=NullPool, connect_args={"timeout": 30})
+        engine = create_engine(database.url, poolclass=NullPool, connect_args={"timeout": busy})
     begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
 
     # pysqlite opens transactions lazily and only before writes; take control so that a

@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 
 from .blocksweep import resolution_arrays
-from .dataplane import batchable, expired_experiments, not_held
+from .dataplane import batchable, canonical_time, expired_experiments, not_held
 from .models import Hold, ObjectType, Resolution, UnusedSegments
 from .tables import DataPlaneTables
 
@@ -94,7 +94,11 @@ def expired(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bo
                 sg.c.object_id.not_in(registered),
             ),
         )
-    return and_(_of_target(tables, resolution), sg.c.max_created < resolution.cutoff)
+    return and_(
+        _of_target(tables, resolution),
+        sg.c.max_created < resolution.cutoff,
+        canonical_time(sg.c.max_created),
+    )
 
 
 def marks_kept(
