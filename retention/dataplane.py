@@ -48,7 +48,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from .blocksweep import newest_of, resolution_arrays, up_to
 from .errors import SchemaError
-from .models import BatchResult, Cursor, ObjectType, Resolution, TargetCounts
+from .models import BatchResult, Cursor, ObjectType, Resolution, SourceKind, TargetCounts
 from .tables import REQUIRED_COLUMNS, DataPlaneTables
 
 
@@ -305,6 +305,10 @@ def _target_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnEleme
 
 
 def expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Select[tuple[UUID]]:
+    """The registry's experiments of the target that expire. One with rows filed under
+    another project (data the application wrote inconsistently) is kept whole: the other
+    project's policy and holds are not this target's to judge (``misfiled_experiments``
+    warns about them)."""
     ob = tables.objects
     assert resolution.cutoff is not None
     return select(ob.c.object_id).where(
@@ -313,7 +317,39 @@ def expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Sele
         ob.c.created < resolution.cutoff,
         canonical_time(ob.c.created),
         not_held(ob.c.object_id, resolution.held_object_ids),
+        ~_rows_elsewhere(tables),
+        reviewed_only(ob.c.object_id, resolution.reviewed_objects),
     )
+
+
+def reviewed_only(column: ColumnElement[UUID], reviewed: frozenset[UUID] | None) -> Any:
+    """Applying a reviewed plan: only the ids it named (anything without a plan)."""
+    return true() if reviewed is None else column.in_(sorted(reviewed))
+
+
+def _rows_elsewhere(tables: DataPlaneTables) -> ColumnElement[bool]:
+    """The registry entry's experiment has rows filed under another project."""
+    ev, ob = tables.events, tables.objects
+    return exists().where(
+        ev.c.object_type == ObjectType.EXPERIMENT.value,
+        ev.c.object_id == ob.c.object_id,
+        ev.c.project_id != ob.c.project_id,
+    )
+
+
+def misfiled_experiments(
+    conn: Connection, tables: DataPlaneTables, resolution: Resolution
+) -> list[UUID]:
+    """Experiments of the target that would expire but have rows under another project."""
+    ob = tables.objects
+    assert resolution.cutoff is not None
+    query = select(ob.c.object_id).where(
+        ob.c.object_type == ObjectType.EXPERIMENT.value,
+        ob.c.project_id == resolution.project_id,
+        ob.c.created < resolution.cutoff,
+        _rows_elsewhere(tables),
+    )
+    return sorted(conn.execute(query.order_by(ob.c.object_id).limit(20)).scalars())
 
 
 def newest_row(conn: Connection, tables: DataPlaneTables) -> int:
@@ -340,11 +376,22 @@ def _expired_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnElem
         return false()
     reviewed = up_to(ev, resolution.newest_row)
     if resolution.object_type is ObjectType.EXPERIMENT:
-        return and_(
-            _target_rows(tables, resolution),
-            ev.c.object_id.in_(expired_experiments(tables, resolution)),
-            reviewed,
-        )
+        expired: ColumnElement[bool] = ev.c.object_id.in_(expired_experiments(tables, resolution))
+        if resolution.winner is not None and resolution.winner.kind is SourceKind.ORPHAN:
+            # an orphan goes altogether (past the floor): also the rows of experiments the
+            # registry no longer has (their segments count as expired already)
+            ob = tables.objects
+            registered = select(ob.c.object_id).where(
+                ob.c.object_type == ObjectType.EXPERIMENT.value
+            )
+            unregistered = and_(
+                ev.c.object_id.not_in(registered),
+                ev.c.created < resolution.cutoff,
+                canonical_time(ev.c.created),
+                not_held(ev.c.object_id, resolution.held_object_ids),
+            )
+            expired = or_(expired, unregistered)
+        return and_(_target_rows(tables, resolution), expired, reviewed)
     return and_(
         _target_rows(tables, resolution),
         ev.c.created < resolution.cutoff,
@@ -726,6 +773,11 @@ def delete_group(
     return found
 
 
+def ids_digest(ids: Iterable[UUID]) -> str:
+    """A receipt's digest of object or segment ids (as 128-bit integers, sorted)."""
+    return keys_digest(i.int for i in ids)
+
+
 def keys_digest(sequence_ids: Iterable[int]) -> str:
     """SHA-256 over the sorted deleted keys, so a receipt can be checked against a list."""
     digest = hashlib.sha256()
@@ -751,8 +803,9 @@ def registry_left(conn: Connection, tables: DataPlaneTables, resolution: Resolut
 
 def delete_registry_batch(
     conn: Connection, tables: DataPlaneTables, resolution: Resolution, limit: int
-) -> int:
-    """Remove registry entries of expired experiments whose rows are all gone."""
+) -> list[UUID]:
+    """Remove registry entries of expired experiments whose rows are all gone; their ids,
+    ascending."""
     ev, ob = tables.events, tables.objects
     has_rows = exists().where(
         ev.c.object_type == ObjectType.EXPERIMENT.value, ev.c.object_id == ob.c.object_id
@@ -768,4 +821,4 @@ def delete_registry_batch(
         not_held(ob.c.object_id, resolution.held_object_ids),
         ~has_rows,
     )
-    return int(conn.execute(statement).rowcount)
+    return sorted(conn.execute(statement.returning(ob.c.object_id)).scalars())

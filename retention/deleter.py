@@ -22,6 +22,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from . import dataplane, logs, segments, state
+from .dataplane import ids_digest
 from .db import timed_out
 from .models import BatchResult, Hold, ObjectType, Phase, Target, TargetOutcome
 from .progress import ProgressSink
@@ -182,16 +183,25 @@ def _registry_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -
     removed = dataplane.delete_registry_batch(
         ctx.conn, ctx.tables, target.resolution, ctx.batch_size
     )
-    more = removed >= ctx.batch_size or dataplane.registry_left(
+    more = len(removed) >= ctx.batch_size or dataplane.registry_left(
         ctx.conn, ctx.tables, target.resolution
     )
     checkpoint = replace(
         checkpoint,
         phase=Phase.REGISTRY if more else Phase.DONE,
-        objects=checkpoint.objects + removed,
+        objects=checkpoint.objects + len(removed),
         batches=checkpoint.batches + 1,
     )
-    _save(ctx, target, checkpoint, objects=removed)
+    # the receipt names the experiments removed: first and last id, and a digest of all
+    _save(
+        ctx,
+        target,
+        checkpoint,
+        objects=len(removed),
+        first_key=str(removed[0]) if removed else None,
+        last_key=str(removed[-1]) if removed else None,
+        keys_digest=ids_digest(removed) if removed else None,
+    )
     return checkpoint
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
@@ -289,7 +290,7 @@ def _locked_purge(
     )
     plan_done = time.monotonic()
     document = report.plan_document(the_plan)
-    notes = _check_review(reviewed, document, the_plan)
+    notes, the_plan = _check_review(reviewed, document, the_plan)
     guarded = guard(
         the_plan.targets,
         _guard_settings(worker, options, first_run=first_run, previous=previous),
@@ -423,17 +424,36 @@ def _pinned_now(
     return now
 
 
-def _check_review(reviewed: PlanFile | None, document: dict[str, Any], the_plan: Plan) -> list[str]:
-    """Refuse a drifted plan (exit 6); notes on targets with fewer rows than reviewed."""
+def _bound_to_review(the_plan: Plan, reviewed: PlanFile) -> Plan:
+    """Applying a reviewed plan: each target expires only the experiments and live
+    segments the plan named (one registered or written since the review waits for the
+    next run), as its rows stop at the plan's newest row."""
+    targets = []
+    for target in the_plan.targets:
+        doc = reviewed.targets.get(target.key, {})
+        resolution = replace(
+            target.resolution,
+            reviewed_objects=frozenset(UUID(i) for i in doc.get("expired_object_ids", ())),
+            reviewed_segments=frozenset(UUID(i) for i in doc.get("segment_ids", ())),
+        )
+        targets.append(replace(target, resolution=resolution))
+    return replace(the_plan, targets=tuple(targets))
+
+
+def _check_review(
+    reviewed: PlanFile | None, document: dict[str, Any], the_plan: Plan
+) -> tuple[list[str], Plan]:
+    """Refuse a drifted plan (exit 6); notes on targets with fewer rows than reviewed, and
+    the plan bound to the review (``_bound_to_review``)."""
     if reviewed is None:
-        return []
+        return [], the_plan
     problems = planfile.drift(reviewed, document)
     if problems:
         shown = "; ".join(problems[:5]) + (
             f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         )
         raise GuardError(f"the plan {reviewed.path} drifted, nothing deleted: {shown}")
-    return planfile.shortfall(reviewed, the_plan.targets)
+    return planfile.shortfall(reviewed, the_plan.targets), _bound_to_review(the_plan, reviewed)
 
 
 def _guard_settings(

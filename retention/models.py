@@ -178,6 +178,10 @@ class Resolution:
     # applying a reviewed plan: rows past this sequence_id came after the review and are
     # not this run's to delete (None: no such bound)
     newest_row: int | None = None
+    # applying a reviewed plan: only these experiments (registry entries) and live segments
+    # expire, whatever else the registry or the index has now (None: no such bound)
+    reviewed_objects: frozenset[UUID] | None = None
+    reviewed_segments: frozenset[UUID] | None = None
 
     @property
     def floor_applied(self) -> bool:

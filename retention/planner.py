@@ -17,6 +17,7 @@ from .errors import ControlPlaneError
 from .models import (
     OBJECT_TYPES,
     Identities,
+    ObjectType,
     Orphan,
     Plan,
     PolicySet,
@@ -174,7 +175,11 @@ def build_plan(
     )
     orphan_rows = dataplane.rows_by_project(conn, tables, sorted(orphans))
     orphan_segments = segments.by_project(conn, tables, sorted(orphans))
-    warnings = list(resolved.warnings) + _hold_warnings(conn, tables, policy_sets, now)
+    warnings = (
+        list(resolved.warnings)
+        + _hold_warnings(conn, tables, policy_sets, now)
+        + _misfiled_warnings(conn, tables, resolutions)
+    )
     return Plan(
         now=resolved.now,
         targets=targets,
@@ -213,6 +218,24 @@ def _counts(
         segment_rows=files.expired_rows,
         total_segment_rows=files.total_rows,
     )
+
+
+def _misfiled_warnings(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> list[str]:
+    """Expired experiments kept whole because some of their rows are filed under another
+    project than their registry entry's."""
+    found = []
+    for r in resolutions:
+        if r.object_type is ObjectType.EXPERIMENT and r.cutoff is not None:
+            ids = dataplane.misfiled_experiments(conn, tables, r)
+            if ids:
+                found.append(
+                    f"target {r.project_id}/experiment: {len(ids)} expired experiment(s) "
+                    f"kept whole, their rows filed under another project too (e.g. {ids[0]}); "
+                    "fix the rows' project_id"
+                )
+    return found
 
 
 def _hold_warnings(

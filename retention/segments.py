@@ -279,25 +279,32 @@ def mark_batch(
     limit: int,
     clock: datetime,
 ) -> MarkResult:
-    """Mark up to ``limit`` expired live segments unused, in segment-id order past ``after``."""
+    """Mark up to ``limit`` expired live segments unused, in segment-id order past ``after``.
+
+    Applying a reviewed plan, only segments it named are marked; ``last`` is then the last
+    segment looked at (marked or not), so the walk moves on."""
     sg = tables.segments
     condition = and_(expired(tables, resolution), sg.c.state == LIVE)
     batch = select(sg.c.segment_id).where(condition)
     if after is not None:
         batch = batch.where(sg.c.segment_id > after)
     batch = batch.order_by(sg.c.segment_id).limit(limit)
+    reviewed = resolution.reviewed_segments
+    looked: list[UUID] = []
+    if reviewed is None:
+        chosen: Any = sg.c.segment_id.in_(batch.scalar_subquery())
+    else:
+        looked = list(conn.execute(batch).scalars())
+        chosen = sg.c.segment_id.in_([i for i in looked if i in reviewed])
     statement = (
         update(sg)
-        .where(sg.c.segment_id.in_(batch.scalar_subquery()), condition)  # re-checked
+        .where(chosen, condition)  # re-checked
         .values(state=UNUSED, unused_at=clock)
         .returning(sg.c.segment_id, sg.c.byte_size)
     )
     marked = sorted(conn.execute(statement).all())
-    return MarkResult(
-        segments=len(marked),
-        bytes=sum(int(row[1]) for row in marked),
-        last=marked[-1][0] if marked else None,
-    )
+    last = max([*looked, *(row[0] for row in marked)], default=None)
+    return MarkResult(segments=len(marked), bytes=sum(int(row[1]) for row in marked), last=last)
 
 
 def marks_left(
@@ -309,7 +316,12 @@ def marks_left(
     condition = and_(expired(tables, resolution), sg.c.state == LIVE)
     if after is not None:
         condition = and_(condition, sg.c.segment_id > after)
-    return conn.execute(select(sg.c.segment_id).where(condition).limit(1)).first() is not None
+    reviewed = resolution.reviewed_segments
+    if reviewed is None:
+        return conn.execute(select(sg.c.segment_id).where(condition).limit(1)).first() is not None
+    return any(
+        i in reviewed for i in conn.execute(select(sg.c.segment_id).where(condition)).scalars()
+    )
 
 
 def unused_summary(

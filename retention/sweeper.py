@@ -27,7 +27,7 @@ from uuid import UUID
 from sqlalchemy import Connection
 
 from . import segments, state
-from .dataplane import keys_digest
+from .dataplane import ids_digest
 from .errors import ObjectStoreError
 from .models import Hold, Resolution, SweepOutcome
 from .objectstore import ObjectStore, key_problem
@@ -280,5 +280,5 @@ def record_segments(
             bytes=sum(item.bytes for item in items),
             first_key=str(ids[0]),
             last_key=str(ids[-1]),
-            keys_digest=keys_digest(i.int for i in ids),
+            keys_digest=ids_digest(ids),
         )
