@@ -93,6 +93,9 @@ class SweepSet:
     # which table and columns the targets apply to (``workqueue.table_identity``): a
     # worker configured for another table must not join the sweep
     table: str = ""
+    # applying a reviewed plan: the experiments it named (whole-partition drops judge
+    # experiment rows by it; the block sweep has no experiments, and does not carry it)
+    reviewed_objects: frozenset[UUID] | None = None
 
     @property
     def signature(self) -> str:
@@ -170,10 +173,14 @@ def sweepable(targets: Sequence[Target], types: Sequence[ObjectType] = ROW_TYPES
         if t.object_type in types and t.resolution.cutoff is not None and t.counts.rows
     ]
     held = frozenset(h for t in chosen for h in t.resolution.held_object_ids)
+    reviewed = [t.resolution.reviewed_objects for t in chosen]
     return SweepSet(
         targets=tuple(SweepTarget.of(t) for t in chosen),
         held=held,
         newest_row=newest_of([t.resolution for t in chosen]),
+        reviewed_objects=None
+        if all(r is None for r in reviewed)
+        else frozenset(i for r in reviewed if r is not None for i in r),
     )
 
 

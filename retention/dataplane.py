@@ -317,7 +317,7 @@ def expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Sele
         ob.c.created < resolution.cutoff,
         canonical_time(ob.c.created),
         not_held(ob.c.object_id, resolution.held_object_ids),
-        ~_rows_elsewhere(tables),
+        ~filed_elsewhere(tables),
         reviewed_only(ob.c.object_id, resolution.reviewed_objects),
     )
 
@@ -327,14 +327,21 @@ def reviewed_only(column: ColumnElement[UUID], reviewed: frozenset[UUID] | None)
     return true() if reviewed is None else column.in_(sorted(reviewed))
 
 
-def _rows_elsewhere(tables: DataPlaneTables) -> ColumnElement[bool]:
-    """The registry entry's experiment has rows filed under another project."""
-    ev, ob = tables.events, tables.objects
-    return exists().where(
+def filed_elsewhere(tables: DataPlaneTables) -> ColumnElement[bool]:
+    """The registry entry's experiment has rows or segments filed under another project
+    (correlated to ``objects``)."""
+    ev, ob, sg = tables.events, tables.objects, tables.segments
+    rows = exists().where(
         ev.c.object_type == ObjectType.EXPERIMENT.value,
         ev.c.object_id == ob.c.object_id,
         ev.c.project_id != ob.c.project_id,
     )
+    files = exists().where(
+        sg.c.object_type == ObjectType.EXPERIMENT.value,
+        sg.c.object_id == ob.c.object_id,
+        sg.c.project_id != ob.c.project_id,
+    )
+    return or_(rows, files)
 
 
 def misfiled_experiments(
@@ -347,7 +354,7 @@ def misfiled_experiments(
         ob.c.object_type == ObjectType.EXPERIMENT.value,
         ob.c.project_id == resolution.project_id,
         ob.c.created < resolution.cutoff,
-        _rows_elsewhere(tables),
+        filed_elsewhere(tables),
     )
     return sorted(conn.execute(query.order_by(ob.c.object_id).limit(20)).scalars())
 

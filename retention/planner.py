@@ -194,7 +194,7 @@ def build_plan(
             for p, reason in sorted(orphans.items())
         ),
         warnings=tuple(warnings),
-        unused_segments=segments.unused_summary(conn, tables, clock or now, grace),
+        unused_segments=segments.unused_summary(conn, tables, clock or now, grace, resolutions),
     )
 
 
@@ -232,8 +232,8 @@ def _misfiled_warnings(
             if ids:
                 found.append(
                     f"target {r.project_id}/experiment: {len(ids)} expired experiment(s) "
-                    f"kept whole, their rows filed under another project too (e.g. {ids[0]}); "
-                    "fix the rows' project_id"
+                    f"kept whole, rows or segments of theirs filed under another project "
+                    f"(e.g. {ids[0]}); fix their project_id"
                 )
     return found
 

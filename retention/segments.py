@@ -325,26 +325,44 @@ def marks_left(
 
 
 def unused_summary(
-    conn: Connection, tables: DataPlaneTables, clock: datetime, grace: timedelta
+    conn: Connection,
+    tables: DataPlaneTables,
+    clock: datetime,
+    grace: timedelta,
+    resolutions: Sequence[Resolution] = (),
 ) -> UnusedSegments:
-    """Unused segments; those unused for longer than ``grace`` at ``clock`` are sweepable."""
+    """Unused segments; sweepable: those unused for longer than ``grace`` at ``clock``
+    that a purge would sweep, the ones a target of ``resolutions`` expires now (what the
+    policies or holds keep is restored instead, an orphan's waits)."""
     threshold = clock - grace
     sg = tables.segments
     row = conn.execute(
         select(
             func.count(),
             func.coalesce(func.sum(sg.c.byte_size), 0),
-            func.count().filter(sg.c.unused_at <= threshold),
-            func.coalesce(func.sum(sg.c.byte_size).filter(sg.c.unused_at <= threshold), 0),
             func.min(sg.c.unused_at).filter(sg.c.unused_at > threshold),
         ).where(sg.c.state == UNUSED)
     ).one()
+    past = and_(sg.c.state == UNUSED, sg.c.unused_at <= threshold)
+    pairs = conn.execute(select(sg.c.project_id, sg.c.object_type).where(past).distinct()).all()
+    targets = {(r.project_id, r.object_type.value): r for r in resolutions}
+    sweepable = size = 0
+    for pair in pairs:
+        resolution = targets.get((pair[0], pair[1]))
+        if resolution is None:
+            continue
+        found = conn.execute(
+            select(func.count(), func.coalesce(func.sum(sg.c.byte_size), 0)).where(
+                past, expired(tables, resolution)
+            )
+        ).one()
+        sweepable, size = sweepable + int(found[0]), size + int(found[1])
     return UnusedSegments(
         segments=int(row[0]),
         bytes=int(row[1]),
-        sweepable=int(row[2]),
-        sweepable_bytes=int(row[3]),
-        next_sweepable_at=row[4] + grace if row[4] is not None else None,
+        sweepable=sweepable,
+        sweepable_bytes=size,
+        next_sweepable_at=row[2] + grace if row[2] is not None else None,
     )
 
 
