@@ -77,6 +77,8 @@ def seed(url: str, store: FileStore | S3Store, files: int) -> None:
 
 def timed_sweep(url: str, store: FileStore | S3Store, work: Path) -> tuple[float, int, int]:
     settings: dict[str, Any] = {"grace_period": "1h", **store.settings()}
+    # the sweep deletes only what a policy expires: the seeded segments are 30 days old
+    (work / "bench.toml").write_text("[defaults]\nproject_logs = 7\n")
     worker = Worker.from_settings(
         load_settings(database_url=url, policy_dir=work, **settings),
     )

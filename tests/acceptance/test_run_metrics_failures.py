@@ -43,14 +43,8 @@ def _metrics(text: str) -> dict[str, float]:
     return values
 
 
-def test_a_failed_run_does_not_report_the_backlog_as_gone(sqlite_url: str, tmp_path: Path) -> None:
-    """The first run is guarded (exit 6) and its textfile says 9 expired rows are waiting.
-    The next run fails before it has a plan (a broken policy file: exit 2); it deleted
-    nothing, and the 9 rows are still there. Its metrics must not say the backlog is 0 and
-    no expired row is late (retention_backlog_rows: "Expired rows not yet deleted after
-    the last run"): a failed run does not know the backlog, so the series is left out (or
-    NaN), never 0. ``metrics.registry_for`` sets every type's backlog and lag to 0 when the
-    run has no report: a backlog alert or dashboard sees "all caught up" on every failure."""
+def _world(sqlite_url: str, tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """P1's logs under a 30-day policy, metrics to a textfile: (policies, textfile, env)."""
     insert(engine_for(sqlite_url), _scenario())
     policies = tmp_path / "policies"
     policies.mkdir()
@@ -62,6 +56,18 @@ def test_a_failed_run_does_not_report_the_backlog_as_gone(sqlite_url: str, tmp_p
         RETENTION_NOW=NOW.isoformat(),
         RETENTION_METRICS_TEXTFILE=str(textfile),
     )
+    return policies, textfile, env
+
+
+def test_a_failed_run_does_not_report_the_backlog_as_gone(sqlite_url: str, tmp_path: Path) -> None:
+    """The first run is guarded (exit 6) and its textfile says 9 expired rows are waiting.
+    The next run fails before it has a plan (a broken policy file: exit 2); it deleted
+    nothing, and the 9 rows are still there. Its metrics must not say the backlog is 0 and
+    no expired row is late (retention_backlog_rows: "Expired rows not yet deleted after
+    the last run"): a failed run does not know the backlog, so the series is left out (or
+    NaN), never 0. ``metrics.registry_for`` sets every type's backlog and lag to 0 when the
+    run has no report: a backlog alert or dashboard sees "all caught up" on every failure."""
+    policies, textfile, env = _world(sqlite_url, tmp_path)
     guarded = run("run", env=env)
     assert guarded.code == 6, guarded.stderr
     before = _metrics(textfile.read_text())
@@ -168,17 +174,7 @@ def test_a_run_refused_at_its_start_replaces_the_last_successs_metrics(
     alerts on outcome 2). ``commands.purge`` checks the output (``_check_writable``) and
     ``_deleting_run`` reads the plan before the ``try`` whose ``finally`` publishes, so the
     textfile keeps the successful run's outcome 0: the failure is silent in the metrics."""
-    insert(engine_for(sqlite_url), _scenario())
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "p.toml").write_text(policy_toml(projects=[(P1, {"project_logs": 30})]))
-    textfile = tmp_path / "textfile" / "retention.prom"
-    env = clean_env(
-        RETENTION_DATABASE_URL=sqlite_url,
-        RETENTION_POLICY_DIR=str(policies),
-        RETENTION_NOW=NOW.isoformat(),
-        RETENTION_METRICS_TEXTFILE=str(textfile),
-    )
+    _, textfile, env = _world(sqlite_url, tmp_path)
     done = run("run", "--allow-large-deletes", env=env)
     assert done.code == 0, done.stderr
     assert _metrics(textfile.read_text())['retention_run_outcome{exit_code="0"}'] == 1.0
