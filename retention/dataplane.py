@@ -305,10 +305,10 @@ def _target_rows(tables: DataPlaneTables, resolution: Resolution) -> ColumnEleme
 
 
 def expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Select[tuple[UUID]]:
-    """The registry's experiments of the target that expire. One with rows filed under
-    another project (data the application wrote inconsistently) is kept whole: the other
-    project's policy and holds are not this target's to judge (``misfiled_experiments``
-    warns about them)."""
+    """The registry's experiments of the target that expire. One with rows or segments
+    filed under another project (data the application wrote inconsistently) is kept whole,
+    as a held object is (``Resolution.kept_whole``, from ``misfiled_experiments``): the
+    other project's policy and holds are not this target's to judge."""
     ob = tables.objects
     assert resolution.cutoff is not None
     return select(ob.c.object_id).where(
@@ -317,7 +317,6 @@ def expired_experiments(tables: DataPlaneTables, resolution: Resolution) -> Sele
         ob.c.created < resolution.cutoff,
         canonical_time(ob.c.created),
         not_held(ob.c.object_id, resolution.held_object_ids),
-        ~filed_elsewhere(tables),
         reviewed_only(ob.c.object_id, resolution.reviewed_objects),
     )
 
@@ -345,18 +344,15 @@ def filed_elsewhere(tables: DataPlaneTables) -> ColumnElement[bool]:
 
 
 def misfiled_experiments(
-    conn: Connection, tables: DataPlaneTables, resolution: Resolution
-) -> list[UUID]:
-    """Experiments of the target that would expire but have rows under another project."""
+    conn: Connection, tables: DataPlaneTables
+) -> list[tuple[UUID, UUID, datetime]]:
+    """Registry experiments with rows or segments filed under another project than their
+    entry's: (project id, experiment id, created), in one statement (at planning)."""
     ob = tables.objects
-    assert resolution.cutoff is not None
-    query = select(ob.c.object_id).where(
-        ob.c.object_type == ObjectType.EXPERIMENT.value,
-        ob.c.project_id == resolution.project_id,
-        ob.c.created < resolution.cutoff,
-        filed_elsewhere(tables),
+    query = select(ob.c.project_id, ob.c.object_id, ob.c.created).where(
+        ob.c.object_type == ObjectType.EXPERIMENT.value, filed_elsewhere(tables)
     )
-    return sorted(conn.execute(query.order_by(ob.c.object_id).limit(20)).scalars())
+    return [(r[0], r[1], r[2]) for r in conn.execute(query.order_by(ob.c.object_id))]
 
 
 def newest_row(conn: Connection, tables: DataPlaneTables) -> int:

@@ -182,6 +182,9 @@ class Resolution:
     # expire, whatever else the registry or the index has now (None: no such bound)
     reviewed_objects: frozenset[UUID] | None = None
     reviewed_segments: frozenset[UUID] | None = None
+    # experiments kept whole because rows or segments of theirs are filed under another
+    # project (the planner finds them once; they are kept as held objects are)
+    kept_whole: frozenset[UUID] = frozenset()
 
     @property
     def floor_applied(self) -> bool:
@@ -201,7 +204,8 @@ class Resolution:
 
     @property
     def held_object_ids(self) -> frozenset[UUID]:
-        return frozenset(h.object_id for h in self.object_holds if h.object_id is not None)
+        held = frozenset(h.object_id for h in self.object_holds if h.object_id is not None)
+        return held | self.kept_whole
 
     @property
     def source(self) -> str:

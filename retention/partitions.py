@@ -40,7 +40,7 @@ from sqlalchemy.schema import DropTable
 from sqlalchemy.types import BigInteger, DateTime
 
 from .blocksweep import SweepSet, target_arrays
-from .dataplane import filed_elsewhere, reviewed_only
+from .dataplane import reviewed_only
 from .models import ObjectType
 from .tables import DataPlaneTables
 
@@ -216,9 +216,8 @@ def contents(
                     ob.c.object_id == c["object_id"],
                     ob.c.project_id == t.c.p,
                     ob.c.created < t.c.cut,
-                    # as the row path judges an experiment: kept whole when filed elsewhere
-                    # too, and only as a reviewed plan named it
-                    ~filed_elsewhere(tables),
+                    # as the row path judges an experiment: only as a reviewed plan named
+                    # it (one kept whole, filed elsewhere too, is among the held objects)
                     reviewed_only(ob.c.object_id, sweep.reviewed_objects),
                 )
                 .correlate_except(ob)

@@ -156,6 +156,7 @@ def build_plan(
         resolutions.extend(orphan_resolutions(orphans, policy_sets, resolved))
     if newest_row is not None:
         resolutions = [replace(r, newest_row=newest_row) for r in resolutions]
+    resolutions, misfiled = _keep_misfiled(conn, tables, resolutions)
     many = conn.dialect.name == "postgresql"  # all logs and dataset targets at once
     files = segments.count_many(conn, tables, resolutions) if many else {}
     rows = (
@@ -175,11 +176,7 @@ def build_plan(
     )
     orphan_rows = dataplane.rows_by_project(conn, tables, sorted(orphans))
     orphan_segments = segments.by_project(conn, tables, sorted(orphans))
-    warnings = (
-        list(resolved.warnings)
-        + _hold_warnings(conn, tables, policy_sets, now)
-        + _misfiled_warnings(conn, tables, resolutions)
-    )
+    warnings = list(resolved.warnings) + _hold_warnings(conn, tables, policy_sets, now) + misfiled
     return Plan(
         now=resolved.now,
         targets=targets,
@@ -220,22 +217,31 @@ def _counts(
     )
 
 
-def _misfiled_warnings(
-    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
-) -> list[str]:
-    """Expired experiments kept whole because some of their rows are filed under another
-    project than their registry entry's."""
-    found = []
+def _keep_misfiled(
+    conn: Connection, tables: DataPlaneTables, resolutions: list[Resolution]
+) -> tuple[list[Resolution], list[str]]:
+    """Experiments with rows or segments filed under another project are kept whole (see
+    ``dataplane.expired_experiments``); a warning for each target that would expire some."""
+    if not any(r.object_type is ObjectType.EXPERIMENT for r in resolutions):
+        return resolutions, []
+    found: dict[UUID, list[tuple[UUID, datetime]]] = {}
+    for project_id, object_id, created in dataplane.misfiled_experiments(conn, tables):
+        found.setdefault(project_id, []).append((object_id, created))
+    kept, warnings = [], []
     for r in resolutions:
-        if r.object_type is ObjectType.EXPERIMENT and r.cutoff is not None:
-            ids = dataplane.misfiled_experiments(conn, tables, r)
-            if ids:
-                found.append(
-                    f"target {r.project_id}/experiment: {len(ids)} expired experiment(s) "
-                    f"kept whole, rows or segments of theirs filed under another project "
-                    f"(e.g. {ids[0]}); fix their project_id"
-                )
-    return found
+        mine = found.get(r.project_id, []) if r.object_type is ObjectType.EXPERIMENT else []
+        if not mine:
+            kept.append(r)
+            continue
+        kept.append(replace(r, kept_whole=frozenset(i for i, _ in mine)))
+        expiring = sorted(i for i, at in mine if r.cutoff is not None and at < r.cutoff)
+        if expiring:
+            warnings.append(
+                f"target {r.project_id}/experiment: {len(expiring)} expired experiment(s) "
+                f"kept whole, rows or segments of theirs filed under another project "
+                f"(e.g. {expiring[0]}); fix their project_id"
+            )
+    return kept, warnings
 
 
 def _hold_warnings(
