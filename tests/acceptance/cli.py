@@ -9,9 +9,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def retention_command() -> str:
@@ -58,7 +60,28 @@ def run(
     return Result(done.returncode, done.stdout, done.stderr)
 
 
-def start_schedule(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text (a textfile, a scrape): sample name with labels -> value."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """``/metrics`` on ``port``; empty while nothing answers there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            return parse_metrics(r.read().decode())
+    except OSError:
+        return {}
+
+
+def start_schedule(
+    env: dict[str, str], port: int, stderr: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     """``retention schedule`` firing every 2 seconds and serving ``/metrics`` on ``port``."""
     return subprocess.Popen(
         [
@@ -72,7 +95,7 @@ def start_schedule(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
 
 

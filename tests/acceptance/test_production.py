@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import time
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
@@ -15,7 +14,14 @@ from uuid import UUID
 import pytest
 import sqlalchemy as sa
 
-from tests.acceptance.cli import clean_env, retention_command, run, start_schedule
+from tests.acceptance.cli import (
+    clean_env,
+    parse_metrics,
+    retention_command,
+    run,
+    scrape_metrics,
+    start_schedule,
+)
 from tests.conftest import engine_for
 from tests.fakecp import FakeControlPlane, project, retention_automation
 from tests.pg import free_port
@@ -54,16 +60,7 @@ def _policies(tmp_path: Path, text: str | None = None) -> Path:
     return folder
 
 
-def _metrics(text: str) -> dict[str, float]:
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
-def test_run_writes_the_report_and_exact_metrics(pg_url: str, tmp_path: Path) -> None:
+def test_run_writes_the_report_and_exactparse_metrics(pg_url: str, tmp_path: Path) -> None:
     insert(engine_for(pg_url), _known())
     textfile = tmp_path / "node-exporter" / "retention.prom"
     env = clean_env(
@@ -74,7 +71,7 @@ def test_run_writes_the_report_and_exact_metrics(pg_url: str, tmp_path: Path) ->
     )
     guarded = run("run", env=env)  # the first run on a database needs review
     assert guarded.code == 6, guarded.stderr
-    first = _metrics(textfile.read_text())
+    first = parse_metrics(textfile.read_text())
     assert first['retention_run_outcome{exit_code="6"}'] == 1.0
     assert first['retention_run_outcome{exit_code="0"}'] == 0.0
     assert first["retention_last_success_timestamp_seconds"] == 0.0  # never succeeded
@@ -84,7 +81,7 @@ def test_run_writes_the_report_and_exact_metrics(pg_url: str, tmp_path: Path) ->
     assert done.code == 0, done.stderr
     doc = json.loads(done.stdout)  # run writes a JSON report by default
     assert doc["status"] == "succeeded" and doc["totals"]["rows"] == 17
-    values = _metrics(textfile.read_text())
+    values = parse_metrics(textfile.read_text())
     assert values['retention_rows_deleted{object_type="project_logs"}'] == 9.0
     assert values['retention_rows_deleted{object_type="experiment"}'] == 4.0
     assert values['retention_rows_deleted{object_type="dataset"}'] == 4.0
@@ -184,7 +181,7 @@ def _wait_for_lock_wait(url: str) -> None:
         engine.dispose()
 
 
-def test_schedule_runs_and_serves_metrics(pg_url: str, tmp_path: Path) -> None:
+def test_schedule_runs_and_servesparse_metrics(pg_url: str, tmp_path: Path) -> None:
     insert(engine_for(pg_url), _known())
     port = free_port()
     env = clean_env(
@@ -198,11 +195,7 @@ def test_schedule_runs_and_serves_metrics(pg_url: str, tmp_path: Path) -> None:
         values: dict[str, float] = {}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                    values = _metrics(r.read().decode())
-            except OSError:
-                values = {}
+            values = scrape_metrics(port)
             if values.get('retention_run_outcome{exit_code="0"}') == 1.0:
                 break
             time.sleep(0.2)

@@ -8,14 +8,13 @@ import json
 import signal
 import subprocess
 import time
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 
-from tests.acceptance.cli import clean_env, retention_command, run, start_schedule
+from tests.acceptance.cli import clean_env, retention_command, run, scrape_metrics, start_schedule
 from tests.conftest import engine_for
 from tests.pg import free_port
 from tests.support import NOW, Scenario, insert, policy_toml
@@ -36,20 +35,6 @@ def _policies(tmp_path: Path) -> Path:
     folder.mkdir(exist_ok=True)
     (folder / "p.toml").write_text(policy_toml(projects=[(P1, {"project_logs": 30})]))
     return folder
-
-
-def _metrics(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def test_a_bad_pushgateway_url_does_not_fail_a_completed_run(
@@ -131,7 +116,7 @@ def test_schedule_metrics_keep_the_last_success_after_a_failed_run(
         def wait_for(code: int) -> dict[str, float]:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                values = _metrics(port)
+                values = scrape_metrics(port)
                 if values.get(f'retention_run_outcome{{exit_code="{code}"}}') == 1.0:
                     return values
                 time.sleep(0.2)

@@ -8,14 +8,13 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 
-from tests.acceptance.cli import clean_env, retention_command, run
+from tests.acceptance.cli import clean_env, parse_metrics, run, scrape_metrics, start_schedule
 from tests.conftest import engine_for
 from tests.pg import free_port
 from tests.support import NOW, Scenario, insert, policy_toml
@@ -32,15 +31,6 @@ def _scenario() -> Scenario:
     for i in range(12):
         s.add_event("project_logs", P1, P1, NOW - timedelta(days=10 * (i + 1)), f"l-{i}")
     return s
-
-
-def _metrics(text: str) -> dict[str, float]:
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def _world(sqlite_url: str, tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
@@ -70,27 +60,19 @@ def test_a_failed_run_does_not_report_the_backlog_as_gone(sqlite_url: str, tmp_p
     policies, textfile, env = _world(sqlite_url, tmp_path)
     guarded = run("run", env=env)
     assert guarded.code == 6, guarded.stderr
-    before = _metrics(textfile.read_text())
+    before = parse_metrics(textfile.read_text())
     assert before[BACKLOG] == 9.0 and before[LAG] > 0
 
     (policies / "p.toml").write_text("[defaults]\nproject_logs = 'soon'\n")
     failed = run("run", env=env)
     assert failed.code == 2, failed.stderr
-    after = _metrics(textfile.read_text())
+    after = parse_metrics(textfile.read_text())
     assert after['retention_run_outcome{exit_code="2"}'] == 1.0
     with engine_for(sqlite_url).connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 12
 
     assert math.isnan(after.get(BACKLOG, math.nan)), after.get(BACKLOG)
     assert math.isnan(after.get(LAG, math.nan)), after.get(LAG)
-
-
-def _scrape(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            return _metrics(r.read().decode())
-    except OSError:
-        return {}
 
 
 def test_schedule_logs_a_failed_run_without_the_previous_runs_id(
@@ -115,26 +97,16 @@ def test_schedule_logs_a_failed_run_without_the_previous_runs_id(
         RETENTION_LOG_FORMAT="json",
     )
     with tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(
-            [
-                retention_command(),
-                "schedule",
-                "--cron",
-                "* * * * * */2",
-                "--metrics-port",
-                str(port),
-                "--allow-large-deletes",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+        process = start_schedule(env, port, stderr=stderr)
         try:
 
             def wait_for(code: int) -> None:
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
-                    if _scrape(port).get(f'retention_run_outcome{{exit_code="{code}"}}') == 1.0:
+                    if (
+                        scrape_metrics(port).get(f'retention_run_outcome{{exit_code="{code}"}}')
+                        == 1.0
+                    ):
                         return
                     time.sleep(0.2)
                 raise AssertionError(f"no run ended with exit {code}")
@@ -177,12 +149,12 @@ def test_a_run_refused_at_its_start_replaces_the_last_successs_metrics(
     _, textfile, env = _world(sqlite_url, tmp_path)
     done = run("run", "--allow-large-deletes", env=env)
     assert done.code == 0, done.stderr
-    assert _metrics(textfile.read_text())['retention_run_outcome{exit_code="0"}'] == 1.0
+    assert parse_metrics(textfile.read_text())['retention_run_outcome{exit_code="0"}'] == 1.0
 
     flag, value = flags
     refused = run("run", flag, value.format(tmp=tmp_path), env=env)
 
     assert refused.code == 2, refused.stderr
-    values = _metrics(textfile.read_text())
+    values = parse_metrics(textfile.read_text())
     assert values['retention_run_outcome{exit_code="2"}'] == 1.0
     assert values['retention_run_outcome{exit_code="0"}'] == 0.0
