@@ -33,6 +33,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    case,
     cast,
     column,
     func,
@@ -458,16 +459,16 @@ def insert_checkpoints(
 def take_back_marks(conn: Connection, run_id: int, target: str, segments: int, size: int) -> None:
     """Marks the run made for ``target`` and has just undone (a resume whose policies now
     keep them): they no longer count as marked by it."""
+
+    def less(column: Any, n: int) -> Any:
+        return case((column > n, column - n), else_=0)
+
     conn.execute(
         update(checkpoints)
         .where(checkpoints.c.run_id == run_id, checkpoints.c.target == target)
         .values(
-            segments=func.max(checkpoints.c.segments - segments, 0)
-            if conn.dialect.name == "sqlite"
-            else func.greatest(checkpoints.c.segments - segments, 0),
-            bytes=func.max(checkpoints.c.bytes - size, 0)
-            if conn.dialect.name == "sqlite"
-            else func.greatest(checkpoints.c.bytes - size, 0),
+            segments=less(checkpoints.c.segments, segments),
+            bytes=less(checkpoints.c.bytes, size),
         )
     )
 
