@@ -44,6 +44,13 @@ def load_policy_dir(path: Path, *, required: bool = True) -> PolicySet:
     if not path.is_dir():
         raise PolicyError(f"policy folder {path} is not a folder")
     files = sorted(path.glob("*.toml"))
+    if not files and required:
+        # an unmounted volume, or a ConfigMap mounted elsewhere, looks like this: running on
+        # would drop every local hold while the control plane's automations still delete
+        raise PolicyError(
+            f"policy folder {path} holds no *.toml policy files; put the policies there "
+            "(an empty file, e.g. none.toml, to run with none)"
+        )
     sets = [load_policy_file(f) for f in files]
     warnings = () if files else (f"no *.toml policy files in {path}",)
     floors = [s.min_retention_days for s in sets if s.min_retention_days is not None]
@@ -262,6 +269,11 @@ class HoldWatcher:
             # system clocks) still changes them
             stamps.append(
                 (file.name, info.st_mtime_ns, info.st_size, info.st_ctime_ns, info.st_ino)
+            )
+        if not stamps and self._stamp:
+            raise PolicyError(
+                f"policy folder {self.path} lost all its *.toml files during the run; "
+                "stopping, since its holds cannot be checked"
             )
         return tuple(stamps)
 

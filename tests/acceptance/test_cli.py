@@ -271,6 +271,7 @@ def test_missing_column_is_exit_2_naming_it(setup: tuple[str, dict[str, str], Pa
 
 
 def test_unreachable_database_is_exit_4(tmp_path: Path) -> None:
+    (tmp_path / "none.toml").write_text("")
     env = clean_env(
         RETENTION_DATABASE_URL=f"postgresql://u:hunter2@127.0.0.1:{free_port()}/x",
         RETENTION_POLICY_DIR=str(tmp_path),
@@ -284,6 +285,7 @@ def test_unreachable_database_is_exit_4(tmp_path: Path) -> None:
 
 
 def test_purge_keeps_reconnecting_for_the_configured_time(tmp_path: Path) -> None:
+    (tmp_path / "none.toml").write_text("")
     env = clean_env(
         RETENTION_DATABASE_URL=f"postgresql://u@127.0.0.1:{free_port()}/x",
         RETENTION_POLICY_DIR=str(tmp_path),

@@ -10,7 +10,7 @@ from uuid import UUID
 import pytest
 
 from retention import engine as engine_module
-from retention.errors import DatabaseError, SchemaError, UsageError
+from retention.errors import DatabaseError, PolicyError, SchemaError, UsageError
 from retention.models import RunStatus
 from tests.conftest import engine_for, prepare
 from tests.integration.helpers import StopAfter, purge, worker, write_policies
@@ -182,18 +182,34 @@ def test_dry_run_announces_a_pending_resume(db_url: str, tmp_path: Path) -> None
     )
 
 
-def test_missing_or_empty_policy_folder_is_a_warning(db_url: str, tmp_path: Path) -> None:
+def test_missing_default_policy_folder_is_a_warning(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     insert(engine_for(db_url), _logs_scenario())
     from retention.engine import Worker
     from retention.settings import load_settings
 
+    monkeypatch.chdir(tmp_path)  # no policies/ here
     default = Worker.from_settings(load_settings(database_url=db_url, now=NOW))
     # The default folder (policies/ in the working directory) need not exist.
     assert not default.settings.policy_dir_required
-    empty = worker(db_url, write_policies(tmp_path / "p", "", name="notes.txt"))
-    report = engine_module.plan(empty)
+    report = engine_module.plan(default)
     assert report.plan.targets == ()
-    assert any("no *.toml policy files in" in w for w in report.warnings)
+    assert any("no policy folder policies" in w for w in report.warnings)
+
+
+def test_a_configured_policy_folder_without_policy_files_is_refused(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An unmounted volume looks like an empty folder: running on would drop every local
+    hold while the control plane's automations still delete. An empty file is "none"."""
+    insert(engine_for(db_url), _logs_scenario())
+    folder = write_policies(tmp_path / "p", "", name="notes.txt")
+    with pytest.raises(PolicyError, match=r"holds no \*\.toml policy files"):
+        engine_module.plan(worker(db_url, folder))
+    write_policies(folder, "", name="none.toml")
+    report = engine_module.plan(worker(db_url, folder))
+    assert report.plan.targets == ()
 
 
 def test_an_abandoned_run_is_not_resumed(db_url: str, tmp_path: Path) -> None:

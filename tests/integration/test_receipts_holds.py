@@ -319,3 +319,33 @@ def test_a_policy_folder_gone_during_the_run_stops_it(db_url: str, tmp_path: Pat
     left = surviving_rows(engine_for(db_url))
     assert held <= left
     assert len(before - left) == 20  # the two batches before the folder went
+
+
+def test_a_policy_folder_emptied_during_the_run_stops_it(db_url: str, tmp_path: Path) -> None:
+    """A volume unmounted over its mount point leaves the folder there but empty: that
+    stops the run too, and the held project's rows stay."""
+    scenario = generate(67, projects=2, events=1200)
+    _first, second = sorted(scenario.project_ids())
+    insert(engine_for(db_url), scenario)
+    policies = write_policies(
+        tmp_path / "p",
+        policy_toml(
+            defaults={"project_logs": 5},
+            holds=[{"project": str(second), "reason": "legal matter"}],
+        ),
+    )
+    before = surviving_rows(engine_for(db_url))
+    held = {e["id"] for e in scenario.events if e["project_id"] == second}
+    calls = {"n": 0}
+
+    def empty_after_two_batches() -> bool:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            (policies / "policy.toml").unlink()
+        return False
+
+    with pytest.raises(PolicyError, match="lost all its"):
+        purge(worker(db_url, policies, batch_size=10, should_stop=empty_after_two_batches))
+    left = surviving_rows(engine_for(db_url))
+    assert held <= left
+    assert len(before - left) == 20  # the two batches before the files went
