@@ -21,7 +21,7 @@ from . import demo, engine, logs, maintenance, metrics, migrate, planfile, repor
 from . import join as join_module
 from . import status as status_module
 from .db import make_engine, parse_database_url, translate_errors, use_wal
-from .errors import ExitCode, ObjectStoreError, RetentionError, UsageError
+from .errors import ControlPlaneError, ExitCode, ObjectStoreError, RetentionError, UsageError
 from .models import ObjectType, Plan, RunReport, RunStatus, as_utc
 from .progress import TerminalProgress
 from .segments import RestoreFilter
@@ -403,6 +403,11 @@ def controlplane(args: argparse.Namespace, settings: Settings) -> int:
         print("org retention automations: none (the server has no /v1/org_automation)")
     print(f"other automations (ignored): {data.skipped_automations}")
     print(f"requests: {data.requests}")
+    if not data.projects:
+        raise ControlPlaneError(
+            "the control plane lists no projects for this token: is it this organization's "
+            "token? (a run would then keep every project's data as an orphan's)"
+        )
     return 0
 
 

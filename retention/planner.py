@@ -55,6 +55,14 @@ def split_orphans(
     if live & deleted:  # one project both ways: the listing cannot be trusted either way
         both = ", ".join(sorted(str(p) for p in live & deleted)[:3])
         raise ControlPlaneError(f"control plane lists project {both} as both live and deleted")
+    if data_projects and not data_projects & (live | deleted):
+        # a token of another organization (or a listing scoped to nothing): every project
+        # would be an orphan, and --purge-orphans would delete the whole data plane
+        raise ControlPlaneError(
+            f"the control plane lists none of the data plane's {len(data_projects)} projects "
+            f"(it lists {len(known)}): is the service token this data plane's organization's? "
+            "(if they are all gone, purge them with local policies and no BRAINTRUST_API_URL)"
+        )
     orphans = {
         project: ("deleted" if project in deleted else "unknown")
         for project in data_projects - live

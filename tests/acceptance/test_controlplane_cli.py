@@ -20,6 +20,7 @@ def test_dry_run_report_lists_orphans_and_purge_orphans_deletes(
     fake_cp.projects = [project(live, "live"), project(deleted, "gone", deleted=True)]
     fake_cp.automations = [retention_automation(live, "project_logs", 15, name="logs 15d")]
     (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "none.toml").write_text("")  # the control plane's policies only
     env = clean_env(
         RETENTION_DATABASE_URL=pg_url,
         RETENTION_POLICY_DIR=str(tmp_path / "policies"),
@@ -98,4 +99,19 @@ def test_controlplane_check_prints_what_it_found(
         "org retention automations: none (the server has no /v1/org_automation)",
         "other automations (ignored): 0",
         "requests: 5",
+    ]
+
+
+def test_check_of_a_token_that_sees_no_projects_is_exit_3(
+    fake_cp: FakeControlPlane, token_file: Path
+) -> None:
+    """A token that lists nothing (another organization's, or scoped to nothing) would make
+    every project in the data plane an orphan: the check says so and fails."""
+    env = clean_env(BRAINTRUST_API_URL=fake_cp.url, RETENTION_SERVICE_TOKEN_FILE=str(token_file))
+    result = run("controlplane", "check", env=env)
+    assert result.code == 3, result.stderr
+    assert "projects: 0 (0 live, 0 deleted)" in result.stdout
+    assert result.stderr.strip().splitlines() == [
+        "retention: error: the control plane lists no projects for this token: is it this "
+        "organization's token? (a run would then keep every project's data as an orphan's)"
     ]

@@ -98,6 +98,7 @@ def setup(pg_url: str, fake_cp: FakeControlPlane, token_file: Path, tmp_path: Pa
     fake_cp.automations.append(logs_alert_automation(scenario.project_ids()[2]))
     policies = tmp_path / "policies"
     policies.mkdir()
+    (policies / "none.toml").write_text("")  # the control plane's policies only
     env = clean_env(
         RETENTION_DATABASE_URL=pg_url,
         BRAINTRUST_API_URL=fake_cp.url,

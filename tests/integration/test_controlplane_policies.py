@@ -9,6 +9,7 @@ import pytest
 
 from retention import engine as engine_module
 from retention.controlplane import ClientConfig, TokenSource
+from retention.errors import ControlPlaneError
 from retention.models import RunStatus, SourceKind
 from retention.report import render_explain
 from retention.sources import ControlPlaneSource
@@ -206,16 +207,21 @@ def test_deleted_projects_are_known_but_orphaned(
     assert kept <= surviving_rows(engine_for(db_url))
 
 
-def test_an_empty_project_list_orphans_everything_and_warns(
-    db_url: str, tmp_path: Path, fake_cp: FakeControlPlane, token_file: Path
+@pytest.mark.parametrize("listed", ["none", "another org's"])
+def test_a_listing_that_knows_none_of_the_data_planes_projects_is_exit_3(
+    db_url: str, tmp_path: Path, fake_cp: FakeControlPlane, token_file: Path, listed: str
 ) -> None:
+    """A token of another organization (or one that sees nothing): every project would be an
+    orphan, kept silently every night, and --purge-orphans would delete the whole data plane.
+    The run stops before planning, and nothing is deleted, with --purge-orphans too."""
     scenario = generate(44, projects=2, events=200)
     insert(engine_for(db_url), scenario)
+    if listed != "none":
+        fake_cp.projects = [project(UUID("5f0c6c1e-3d5b-4b7e-9a51-0d6f7c2b9e11"), "theirs")]
     policies = write_policies(tmp_path / "p", policy_toml(defaults={"project_logs": 1}))
-    report = purge(_cp_worker(db_url, policies, fake_cp, token_file))
-    assert report.plan.targets == ()
-    assert {o.project_id for o in report.plan.orphans} == set(scenario.project_ids())
-    assert any("lists no projects" in w for w in report.warnings)
+    for purge_orphans in (False, True):
+        with pytest.raises(ControlPlaneError, match="lists none of the data plane's 2 projects"):
+            purge(_cp_worker(db_url, policies, fake_cp, token_file), purge_orphans=purge_orphans)
     assert len(surviving_rows(engine_for(db_url))) == 200
 
 

@@ -162,7 +162,7 @@ def test_an_orphaned_projects_marked_segments_are_not_swept_without_purge_orphan
     cp = {"api_url": fake_cp.url, "service_token_file": token_file}
     purge(_w(db_url, policies, file_store, **cp))  # marks A and D at NOW
     assert _state(db_url, seg["A"]) == "unused" and _state(db_url, seg["D"]) == "unused"
-    fake_cp.projects = []  # P is not listed any more: an unknown orphan
+    fake_cp.projects = [project(P, "p", deleted=True)]  # P is deleted: an orphan
     later = NOW + timedelta(hours=25)
     report = purge(_w(db_url, policies, file_store, now=later, **cp))
     assert [str(o.project_id) for o in report.plan.orphans] == [str(P)]
