@@ -188,11 +188,16 @@ def test_non_toml_files_are_ignored(tmp_path: Path) -> None:
     assert rule_map(policy) == {(None, ObjectType.DATASET): 5.0}
 
 
-def test_empty_folder_is_an_empty_policy(tmp_path: Path) -> None:
+def test_empty_folder_is_an_empty_policy_only_when_not_required(tmp_path: Path) -> None:
+    """The default folder may be empty; a configured one without a *.toml file is how an
+    unmounted volume looks, and is refused. An empty file is an empty policy."""
+    policy = load_policy_dir(tmp_path, required=False)
+    assert (policy.rules, policy.holds, policy.min_retention_days) == ((), (), None)
+    with pytest.raises(PolicyError, match=r"holds no \*\.toml policy files"):
+        load_policy_dir(tmp_path)
+    (tmp_path / "none.toml").write_text("")
     policy = load_policy_dir(tmp_path)
-    assert policy.rules == ()
-    assert policy.holds == ()
-    assert policy.min_retention_days is None
+    assert (policy.rules, policy.holds, policy.min_retention_days) == ((), (), None)
 
 
 def test_missing_folder_is_an_error_when_required(tmp_path: Path) -> None:
