@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import logging
 import os
@@ -577,22 +578,33 @@ def segments(args: argparse.Namespace, settings: Settings) -> int:
 
 def receipts(args: argparse.Namespace, settings: Settings) -> int:
     since = _time_arg(args.since, "--since")
-    found = engine.receipts(
-        engine.Worker.from_settings(settings),
+    if args.run is not None and not 1 <= args.run < 2**63:
+        raise UsageError(f"--run: {args.run} is not a run id")
+    found = engine.iter_receipts(
+        engine.Worker.local_only(settings),
         project_id=_uuid_arg(args.project, "--project"),
         object_type=args.object_type,
         action=args.action,
         run_id=args.run,
         since=since,
     )
-    if args.format == "json":
-        print(json.dumps(found, indent=2))
+    # streamed: the table only grows. The first receipt is read before anything is printed,
+    # so a missing table or an old schema is one error line, not half a document.
+    first = next(found, None)
+    items = found if first is None else itertools.chain((first,), found)
+    if args.format == "json":  # one receipt per line, inside one array
+        sys.stdout.write("[")
+        for n, item in enumerate(items):
+            sys.stdout.write(("\n  " if n == 0 else ",\n  ") + json.dumps(item))
+        sys.stdout.write("\n]\n" if first is not None else "]\n")
     elif args.format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=list(RECEIPT_FIELDS), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(found)
+        writer.writerows(items)
     else:
-        for item in found:
+        count = 0
+        for item in items:
+            count += 1
             days = "-" if item["retention_days"] is None else f"{item['retention_days']:g}d"
             print(
                 f"{item['recorded_at'][:19]} run {item['run_id']} {item['action']:<7} "
@@ -601,14 +613,20 @@ def receipts(args: argparse.Namespace, settings: Settings) -> int:
                 f"experiments {item['objects']:,} segments {item['segments']:,} "
                 f"bytes {item['bytes']:,} digest {(item['keys_digest'] or '-')[:16]}"
             )
-        print(f"{len(found):,} receipts")
+        print(f"{count:,} receipts")
     return 0
 
 
 def holds(args: argparse.Namespace, settings: Settings) -> int:
-    worker = engine.Worker.from_settings(settings)
+    """The policy folder's holds (the only place holds come from): works while the control
+    plane is down, which is when someone checks them."""
+    worker = engine.Worker.local_only(settings)
     now = worker.pinned_now()
-    found = [h for s in worker.load_policies() for h in s.holds if args.all or h.active(now)]
+    policy_sets = worker.load_policies()
+    for policy_set in policy_sets:
+        for warning in policy_set.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    found = [h for s in policy_sets for h in s.holds if args.all or h.active(now)]
     doc = [
         {
             "project_id": str(h.project_id),
@@ -644,4 +662,7 @@ def _time_arg(value: str | None, flag: str) -> datetime | None:
         raise UsageError(f"{flag}: {value!r} is not an ISO 8601 time") from None
     if parsed.tzinfo is None:
         raise UsageError(f"{flag}: {value!r} needs a UTC offset, e.g. Z")
-    return as_utc(parsed)
+    try:
+        return as_utc(parsed)
+    except OverflowError:
+        raise UsageError(f"{flag}: {value!r} is out of range in UTC") from None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -87,14 +87,21 @@ def explain(worker: Worker) -> Resolved:
                 check_data_plane(conn, tables, ALL_TABLES)
                 with snapshot(conn):
                     now = worker.pinned_now(server_now(conn))
-                    resolved, _ = resolve_for_data_plane(
+                    resolved, orphans = resolve_for_data_plane(
                         conn,
                         tables,
                         policy_sets,
                         now,
                         min_retention_days=worker.settings.min_retention_days,
                     )
-                return resolved
+                # an orphan has no policies to explain, but the rules that name it are not
+                # applied: say so rather than leave it out
+                said = tuple(
+                    f"project {project} is an orphan ({reason} in the control plane): left "
+                    "out of planning; its data is deleted only with --purge-orphans"
+                    for project, reason in sorted(orphans.items())
+                )
+                return replace(resolved, warnings=(*resolved.warnings, *said))
         finally:
             engine.dispose()
 
@@ -637,17 +644,22 @@ def _purge_or_skip(
     )
 
 
-def receipts(worker: Worker, **filters: Any) -> list[dict[str, Any]]:
-    """The deletion receipts, read-only (``state.list_receipts`` filters)."""
+def iter_receipts(worker: Worker, **filters: Any) -> Iterator[dict[str, Any]]:
+    """The deletion receipts, read-only and streamed (``state.list_receipts`` filters)."""
     database = worker.database
     with translate_errors(database):
         engine = make_engine(database, read_only=True)
         try:
             with engine.connect() as conn, snapshot(conn):
                 migrate.require_current(conn)
-                return state.list_receipts(conn, **filters)
+                yield from state.list_receipts(conn, **filters)
         finally:
             engine.dispose()
+
+
+def receipts(worker: Worker, **filters: Any) -> list[dict[str, Any]]:
+    """The deletion receipts as a list (``iter_receipts``)."""
+    return list(iter_receipts(worker, **filters))
 
 
 def last_success(worker: Worker) -> datetime | None:

@@ -47,6 +47,13 @@ class Worker:
             sources.append(remote)
         return cls(settings=settings, sources=tuple(sources), **kwargs)  # type: ignore[arg-type]
 
+    @classmethod
+    def local_only(cls, settings: Settings, **kwargs: object) -> Worker:
+        """The local policy files only: for commands that show what the worker holds or
+        did (``holds``, ``receipts``), which must work while the control plane is down."""
+        source = LocalPolicySource(settings.policy_dir, required=settings.policy_dir_required)
+        return cls(settings=settings, sources=(source,), **kwargs)  # type: ignore[arg-type]
+
     @property
     def database(self) -> Database:
         return parse_database_url(self.settings.resolved_database_url)
