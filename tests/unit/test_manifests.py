@@ -29,6 +29,7 @@ CRONTAB = DEPLOY / "cron" / "retention.crontab"
 
 EXAMPLE_SECRET = "secret-example.yaml"
 INDEXED = "job-indexed.yaml"  # applied by hand for a backlog, not by kustomize
+FIRST_RUN = "job-first-run.yaml"  # applied by hand once, with the reviewed plan
 KUSTOMIZATION = "kustomization.yaml"
 TOKEN_DIR = "/var/run/secrets/retention"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
@@ -143,6 +144,7 @@ def test_every_expected_manifest_exists() -> None:
         "job-dry-run.yaml",
         "job-migrate.yaml",
         INDEXED,
+        FIRST_RUN,
         KUSTOMIZATION,
     }
 
@@ -155,7 +157,12 @@ def test_kustomization_lists_every_manifest_but_the_examples() -> None:
     assert len(resources) == len(set(resources))
     for resource in resources:
         assert (K8S / resource).is_file(), f"kustomization lists missing {resource}"
-    expected = {p.name for p in manifest_files()} - {EXAMPLE_SECRET, INDEXED, KUSTOMIZATION}
+    expected = {p.name for p in manifest_files()} - {
+        EXAMPLE_SECRET,
+        INDEXED,
+        FIRST_RUN,
+        KUSTOMIZATION,
+    }
     assert set(resources) == expected
     assert "namespace" not in kustomization  # left to the operator (commented out)
 
@@ -318,7 +325,22 @@ def test_the_one_off_jobs() -> None:
     assert dry_run["spec"]["ttlSecondsAfterFinished"] > 0
     pod = pod_spec(dry_run)
     assert "initContainers" not in pod  # read-only: no migration
-    assert [c["args"] for c in pod["containers"]] == [["purge", "--dry-run", "--format", "json"]]
+    # logs at ERROR: `kubectl logs` mixes stderr in, and its log must be exactly the plan
+    assert [c["args"] for c in pod["containers"]] == [
+        ["purge", "--dry-run", "--format", "json", "--log-level", "ERROR"]
+    ]
+
+    first = find("Job", "retention-first-run")
+    assert first["spec"]["backoffLimit"] == 0  # exit 6 needs a new review, 5 is resumed
+    pod = pod_spec(first)
+    assert [c["args"] for c in pod["containers"]] == [
+        ["run", "--plan", "/etc/retention/plan/plan.json"]
+    ]
+    plan_volume = {v["name"]: v for v in pod["volumes"]}["plan"]
+    assert plan_volume["configMap"]["name"] == "retention-plan"
+    assert {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}["plan"] == (
+        "/etc/retention/plan"
+    )
 
     migrate = find("Job", "retention-db-upgrade")
     pod = pod_spec(migrate)
@@ -395,14 +417,19 @@ def test_resources_are_set() -> None:
 
 
 def test_containers_agree_on_image_env_and_mounts() -> None:
-    """ "Same env/mounts": the Jobs run with exactly the CronJob's settings."""
+    """ "Same env/mounts": the Jobs run with exactly the CronJob's settings (the first run
+    mounts its reviewed plan besides)."""
     reference = container(pod_spec(cronjob()), "retention")
+
+    def without_plan(items: list[Doc]) -> list[Doc]:
+        return [item for item in items if item["name"] != "plan"]
+
     for workload, pod, c in all_containers():
         assert c["image"] == reference["image"], workload
         assert c["env"] == reference["env"], workload
         assert c["envFrom"] == reference["envFrom"], workload
-        assert c["volumeMounts"] == reference["volumeMounts"], workload
-        assert pod["volumes"] == pod_spec(cronjob())["volumes"], workload
+        assert without_plan(c["volumeMounts"]) == reference["volumeMounts"], workload
+        assert without_plan(pod["volumes"]) == pod_spec(cronjob())["volumes"], workload
 
 
 # -- schema validation -----------------------------------------------------------------------
