@@ -102,6 +102,14 @@ def collect(worker: Worker, *, max_age: timedelta | None, backlog: bool = True) 
     if max_age is not None:
         if last_success is None:
             report.problems.append("no successful run yet")
+        elif last_success - clock > worker.settings.max_clock_skew:
+            # recorded by a clock that was ahead: judged as it stands, it would hide every
+            # failure from --max-age until that time has passed
+            report.problems.append(
+                f"the last success is recorded at {last_success.isoformat()}, in the future "
+                f"of this host's clock ({clock.isoformat()}): a clock is wrong, and --max-age "
+                "cannot be judged"
+            )
         elif clock - last_success > max_age:
             hours = (clock - last_success).total_seconds() / 3600
             report.problems.append(

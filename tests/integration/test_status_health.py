@@ -146,3 +146,23 @@ def test_sweep_alone_keeps_to_the_time_budget(
     done = maintenance.sweep_only(worker(db_url, policies, now=later, **settings))
     assert (done.outcome.files, done.status) == (2, RunStatus.SUCCEEDED)
     assert set(unused).isdisjoint(segment_states(engine_for(db_url)))
+
+
+def test_a_last_success_recorded_in_the_future_is_a_problem(db_url: str, tmp_path: Path) -> None:
+    """A success recorded by a host clock a month ahead would hide every later failure from
+    --max-age for a month: status says a clock is wrong instead of judging the age."""
+    _world(db_url)
+    policies = _policies(tmp_path)
+    ahead = NOW + timedelta(days=30)
+    done = purge(worker(db_url, policies, now=None, clock=lambda: ahead))
+    assert done.status == RunStatus.SUCCEEDED
+    here = worker(db_url, policies, now=None, clock=lambda: NOW + timedelta(days=1))
+    found = status.collect(here, max_age=timedelta(hours=36), backlog=False)
+    assert [p for p in found.problems if "in the future" in p] == [
+        f"the last success is recorded at {ahead.isoformat()}, in the future of this host's "
+        f"clock ({(NOW + timedelta(days=1)).isoformat()}): a clock is wrong, and --max-age "
+        "cannot be judged"
+    ]
+    # within the clock-skew tolerance, the age is judged as usual: a fresh success is healthy
+    near = worker(db_url, policies, now=None, clock=lambda: ahead - timedelta(minutes=1))
+    assert status.collect(near, max_age=timedelta(hours=36), backlog=False).problems == []
