@@ -245,7 +245,11 @@ def target_arrays(sweep: SweepSet, limits: Sequence[int] | None = None) -> Any:
         assert len(limits) == len(sweep.targets)
         arrays.append(bindparam("ks", list(limits), type_=ARRAY(BigInteger)))
         names.append("k")
-    return func.unnest(*arrays).table_valued(*names, with_ordinality="i").render_derived(name="t")
+    return (
+        func.unnest(*arrays)
+        .table_valued(*names, with_ordinality="i")
+        .render_derived(name="retention_t")
+    )
 
 
 def keys_digest(keys: Any) -> Any:
@@ -289,7 +293,7 @@ def delete_blocks(
         delete(ev)
         .where(and_(*conditions))
         .returning(arrays.c.i, ev.c.sequence_id)  # grouping by a small int is the cheapest
-        .cte("deleted")
+        .cte("retention_deleted")
     )
     per_target = (
         select(
@@ -300,7 +304,7 @@ def delete_blocks(
             func.array_agg(deleted.c.sequence_id).label("ids"),
         )
         .group_by(deleted.c.i)
-        .subquery("per_target")
+        .subquery("retention_per_target")
     )
     query = select(
         per_target.c.i,

@@ -49,7 +49,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 from .blocksweep import newest_of, resolution_arrays, up_to
 from .errors import SchemaError
 from .models import BatchResult, Cursor, ObjectType, Resolution, SourceKind, TargetCounts
-from .tables import REQUIRED_COLUMNS, DataPlaneTables
+from .tables import REQUIRED_COLUMNS, DataPlaneTables, pg_name
 
 
 def check_schema(conn: Connection, tables: DataPlaneTables, roles: Iterable[str]) -> None:
@@ -93,12 +93,11 @@ def _pg_columns(
 ) -> dict[str, set[str] | None]:
     """``_inspected_columns`` in one catalog query (reflection takes a dozen): each name is
     looked up as the data-plane statements will resolve it (``to_regclass``, search path)."""
-    preparer = conn.dialect.identifier_preparer
-    names = [preparer.format_table(tables.by_role(role)) for role in roles]
+    names = [pg_name(tables.by_role(role)) for role in roles]
     rel = (
         func.unnest(bindparam("names", names, type_=ARRAY(Text)))
         .table_valued("name", with_ordinality="i")
-        .render_derived(name="r")
+        .render_derived(name="retention_r")
     )
     attribute = table(
         "pg_attribute",
@@ -255,7 +254,7 @@ def _distinct_projects(conn: Connection, source: Table) -> set[UUID]:
     """
     pid = source.c.project_id
     first = select(pid).order_by(pid).limit(1).scalar_subquery()  # no min(uuid) in PostgreSQL
-    seed = select(first.label("id")).cte("walk", recursive=True)
+    seed = select(first.label("id")).cte("retention_walk", recursive=True)
     step = select(pid).where(pid > seed.c.id).order_by(pid).limit(1).scalar_subquery()
     walk = seed.union_all(select(step).where(seed.c.id.is_not(None)))
     return {row[0] for row in conn.execute(select(walk.c.id).where(walk.c.id.is_not(None)))}
@@ -481,7 +480,7 @@ def _count_row_targets(
         select(func.count().label("rows"), func.min(ev.c.created).label("oldest")).where(
             of_target, ev.c.created < arrays.c.cut, up_to(ev, newest_of(chosen))
         )
-    ).lateral("c")
+    ).lateral("retention_c")
     found: dict[tuple[UUID, str], TargetCounts] = {}
     rows_of: dict[tuple[UUID, str], int] = {}
     oldest_of: dict[tuple[UUID, str], datetime | None] = {}
@@ -514,12 +513,12 @@ def _count_row_targets(
         .order_by(ev.c.created)
         .limit(bounded.c.k)
         .correlate(bounded)
-        .subquery("first_kept")
+        .subquery("retention_first_kept")
     )
     kept = (
         select(func.count().label("kept"), func.min(first_kept.c.created).label("oldest"))
         .select_from(first_kept)
-        .lateral("kept")
+        .lateral("retention_kept")
     )
     for project_id, object_type, limit, counted, oldest_kept in conn.execute(
         select(bounded.c.p, bounded.c.ty, bounded.c.k, kept.c.kept, kept.c.oldest)
@@ -740,13 +739,13 @@ def delete_group(
         .order_by(ev.c.created, ev.c.sequence_id)
         .limit(arrays.c.k)
         .correlate(arrays)
-        .lateral("first")
+        .lateral("retention_first")
     )
     picked = (
         select(arrays.c.i, arrays.c.p, arrays.c.ty, arrays.c.cut, first.c.sequence_id)
         .select_from(arrays)
         .join(first, true())
-        .cte("picked")
+        .cte("retention_picked")
     )
     statement = (
         delete(ev)

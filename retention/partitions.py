@@ -36,13 +36,12 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects.postgresql import REGCLASS
-from sqlalchemy.schema import DropTable
 from sqlalchemy.types import BigInteger, DateTime
 
 from .blocksweep import SweepSet, target_arrays
 from .dataplane import reviewed_only
 from .models import ObjectType
-from .tables import DataPlaneTables
+from .tables import DataPlaneTables, pg_name
 
 _UPPER = re.compile(r"\bTO \('([^']*)'\)$")
 
@@ -65,8 +64,8 @@ class PartitionContents:
 
 
 def _name(conn: Connection, tables: DataPlaneTables) -> str:
-    """The events table as regclass input (quoted where its name needs it)."""
-    return conn.dialect.identifier_preparer.format_table(tables.events)
+    """The events table as regclass input."""
+    return pg_name(tables.events)
 
 
 def _rel(conn: Connection, tables: DataPlaneTables) -> Any:
@@ -118,7 +117,7 @@ def still_a_leaf(conn: Connection, tables: DataPlaneTables, part: Partition) -> 
     listed: the same table under the same name, attached with the same bound, and not being
     detached (``DETACH ... CONCURRENTLY`` half done)? Someone may have detached it to keep
     it, renamed it or swapped another table in since."""
-    name = conn.dialect.identifier_preparer.format_table(_ddl_table(part))
+    name = pg_name(_ddl_table(part))
     found = conn.execute(
         text(
             "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
@@ -230,7 +229,7 @@ def contents(
         counted = (
             select(func.coalesce(func.sum(case((and_(past, held), 1), else_=0)), 0).label("n"))
             .where(c["project_id"] == t.c.p, c["object_type"] == t.c.ty)
-            .lateral("n")
+            .lateral("retention_n")
         )
         query = select(t.c.p, t.c.ty, counted.c.n).select_from(t).join(counted, true())
         for project_id, object_type, count in conn.execute(query):
@@ -244,21 +243,24 @@ def _ddl_table(part: Partition) -> Table:
     return Table(part.name, MetaData(), schema=part.schema)
 
 
+def _in_ddl(table: Table) -> str:
+    """A name spliced into a DDL statement (``exec_driver_sql``): psycopg still reads ``%``
+    there as a placeholder, so it is doubled."""
+    return pg_name(table).replace("%", "%%")
+
+
 def lock_writes(conn: Connection, part: Partition) -> None:
     """Block writes to ``part`` until the transaction ends (reads go on)."""
-    name = conn.dialect.identifier_preparer.format_table(_ddl_table(part))
-    conn.exec_driver_sql(f"LOCK TABLE {name} IN SHARE MODE")
+    conn.exec_driver_sql(f"LOCK TABLE {_in_ddl(_ddl_table(part))} IN SHARE MODE")
 
 
 def remove(conn: Connection, tables: DataPlaneTables, part: Partition, action: str) -> None:
     """DROP the partition, or DETACH it from ``events`` (it stays as a table of its own)."""
     if action == "drop":
-        conn.execute(DropTable(_ddl_table(part)))
+        conn.exec_driver_sql(f"DROP TABLE {_in_ddl(_ddl_table(part))}")
         return
-    preparer = conn.dialect.identifier_preparer
-    parent = preparer.format_table(tables.events)
     conn.exec_driver_sql(
-        f"ALTER TABLE {parent} DETACH PARTITION {preparer.format_table(_ddl_table(part))}"
+        f"ALTER TABLE {_in_ddl(tables.events)} DETACH PARTITION {_in_ddl(_ddl_table(part))}"
     )
 
 

@@ -116,6 +116,15 @@ class DataPlaneTables:
         return {"events": self.events, "objects": self.objects, "segments": self.segments}[role]
 
 
+def pg_name(table: Table) -> str:
+    """The table's name as PostgreSQL reads it (``"schema"."name"``, every part quoted), as a
+    bound value (regclass input). Not the dialect's ``format_table``: that doubles each
+    ``%`` for the driver's parameter style, so as a value ``ev%`` named ``ev%%`` (DDL text
+    doubles it itself: ``partitions._in_ddl``)."""
+    parts = [table.schema, table.name] if table.schema else [table.name]
+    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+
+
 def _split(name: str) -> tuple[str | None, str]:
     schema, _, table = name.rpartition(".")
     return (schema or None), table
@@ -141,7 +150,9 @@ def build_tables(
 
     def col(role: str, name: str, *args: Any, **kwargs: Any) -> Column[Any]:
         real = renamed.get(f"{role}.{name}", name)
-        return Column(real, *args, key=name, **kwargs)
+        # always quoted: a name SQLAlchemy does not know as reserved (``lateral``,
+        # ``returning``) is still one to the server
+        return Column(real, *args, key=name, quote=True, **kwargs)
 
     metadata = MetaData()
     ev_schema, ev_name = _split(events)
@@ -163,6 +174,8 @@ def build_tables(
         col("events", "created", UTCDateTime, nullable=False),
         col("events", "data", _json_type()),
         schema=ev_schema,
+        quote=True,
+        quote_schema=True,
     )
     Index(
         "events_project_type_created",
@@ -186,6 +199,8 @@ def build_tables(
         col("objects", "name", Text),
         col("objects", "created", UTCDateTime, nullable=False),
         schema=ob_schema,
+        quote=True,
+        quote_schema=True,
     )
     sg_schema, sg_name = _split(segments)
     segments_table = Table(
@@ -203,6 +218,8 @@ def build_tables(
         col("segments", "state", Text, nullable=False, server_default="live"),
         col("segments", "unused_at", UTCDateTime),
         schema=sg_schema,
+        quote=True,
+        quote_schema=True,
     )
     return DataPlaneTables(
         events=events_table, objects=objects_table, segments=segments_table, metadata=metadata
