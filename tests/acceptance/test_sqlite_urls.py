@@ -23,6 +23,7 @@ def test_in_memory_sqlite_urls_are_exit_2(tmp_path: Path, tail: str) -> None:
     not exist (exit 4)."""
     cwd = tmp_path / "cwd"
     cwd.mkdir()
+    (tmp_path / "none.toml").write_text("")
     env = clean_env(RETENTION_DATABASE_URL=f"sqlite:///{tail}", RETENTION_POLICY_DIR=str(tmp_path))
     for args in (("db", "upgrade"), ("purge", "--dry-run"), ("purge", "--yes")):
         result = run(*args, env=env, cwd=cwd)
