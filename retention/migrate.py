@@ -9,12 +9,14 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError as AlembicError
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 from .errors import SchemaError
 
 VERSION_TABLE = "retention_alembic_version"
 SCRIPT_LOCATION = "retention:migrations"
+# PostgreSQL: upgrades take turns (not the run lock's key: an upgrade never waits for a run)
+UPGRADE_LOCK_KEY = int.from_bytes(b"retupgrd", "big", signed=True)
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -36,7 +38,12 @@ def current(conn: Connection) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    """Migrate to ``revision`` in one transaction. Two at once (pods starting together, each
+    with its init container) take turns: the second finds the tables migrated and does
+    nothing (SQLite's write lock does the same)."""
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
         found = current(conn)
         if found is not None and not known(found):
             raise SchemaError(_newer(found))

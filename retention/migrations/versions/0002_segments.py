@@ -1,7 +1,8 @@
 """Segments: receipts of marks, sweeps and restores; a segment cursor in checkpoints.
 
 Expand step only: new nullable columns, and retention_days/cutoff become nullable (a sweep
-or restore receipt has no policy). Workers of the previous release keep working.
+or restore receipt has no policy). A worker of the previous release refuses tables at a
+revision it does not know (exit 2).
 
 Revision ID: 0002
 Revises: 0001
