@@ -90,6 +90,17 @@ def parse_database_url(raw: str) -> Database:
     raise UsageError(f"unrecognised database URL (supported: {SUPPORTED_URLS})")
 
 
+SERVER_KEEPALIVES = (
+    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+)
+CLIENT_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
 def make_engine(
     database: Database,
     *,
@@ -104,7 +115,10 @@ def make_engine(
         # is waited for that long, then the batch counts as a lock wait (and retries)
         busy = lock_timeout.total_seconds() if lock_timeout is not None else 30.0
         return _sqlite_engine(database, read_only=read_only, create=create, busy=busy)
-    options = [database.url.query.get("options", "")]  # keep the operator's own options
+    # The server notices a worker cut off by the network within about a minute (not the
+    # system's two hours) and rolls back its batch, releasing its rows and its work unit;
+    # first, so that the operator's own options override these.
+    options = [SERVER_KEEPALIVES, database.url.query.get("options", "")]
     options.append("-c TimeZone=UTC")
     if read_only:
         options.append("-c default_transaction_read_only=on")
@@ -112,7 +126,12 @@ def make_engine(
         options.append(f"-c lock_timeout={int(lock_timeout.total_seconds() * 1000)}")
     if statement_timeout is not None:
         options.append(f"-c statement_timeout={int(statement_timeout.total_seconds() * 1000)}")
+    # and the worker notices a server gone silent during a long statement (libpq's own
+    # keepalives; the URL's settings win)
     connect_args: dict[str, Any] = {
+        key: value for key, value in CLIENT_KEEPALIVES.items() if key not in database.url.query
+    }
+    connect_args |= {
         "connect_timeout": CONNECT_TIMEOUT_S,
         "application_name": "retention",
         "options": " ".join(o for o in options if o and isinstance(o, str)),

@@ -234,3 +234,25 @@ def test_hostile_project_payloads_are_parsed_or_refused(items: list[Any]) -> Non
     else:
         refused = 3
     assert refused == 3
+
+
+def test_worker_sessions_use_keepalives_the_url_can_override(pg_url: str) -> None:
+    """A worker cut off by the network mid-batch: the server notices within about a minute
+    (not the system's two hours) and rolls the batch back, releasing its rows and its work
+    unit. The operator's own options in the URL win."""
+    from retention.db import make_engine, parse_database_url
+
+    def settings(url: str) -> tuple[str, ...]:
+        engine = make_engine(parse_database_url(url))
+        try:
+            with engine.connect() as conn:
+                return tuple(
+                    str(conn.exec_driver_sql(f"SHOW {name}").scalar_one())
+                    for name in ("tcp_keepalives_idle", "tcp_keepalives_count", "TimeZone")
+                )
+        finally:
+            engine.dispose()
+
+    assert settings(pg_url) == ("30", "3", "UTC")
+    own = "?options=-c%20tcp_keepalives_idle%3D7"
+    assert settings(pg_url + own) == ("7", "3", "UTC")
