@@ -12,6 +12,7 @@ and the sources give the policies, so tests control all three.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -289,10 +290,19 @@ def _locked_purge(
     reviewed = options.plan_file
     now = _pinned_now(worker, now, resumed, reviewed)
     logs.set_action("plan")
+    inherited = _approval_of(resumed) if not _approves(options) else None
     # a reviewed plan: its experiments and segments are compared, and no later row goes
-    bound = reviewed.newest_row if reviewed is not None else None
+    # (nor on a resume that goes on with its approval)
     the_plan = replace(
-        _plan(conn, worker, policy_sets, now, options.purge_orphans, bool(reviewed), bound),
+        _plan(
+            conn,
+            worker,
+            policy_sets,
+            now,
+            options.purge_orphans,
+            bool(reviewed),
+            reviewed.newest_row if reviewed is not None else _int(inherited, "newest_row"),
+        ),
         clocks=clocks,
     )
     plan_done = time.monotonic()
@@ -300,7 +310,13 @@ def _locked_purge(
     notes, the_plan = _check_review(reviewed, document, the_plan)
     guarded = guard(
         the_plan.targets,
-        _guard_settings(worker, options, first_run=first_run, previous=previous),
+        _guard_settings(
+            worker,
+            options,
+            first_run=first_run,
+            previous=previous,
+            approved=_approved_targets(the_plan, inherited),
+        ),
     )
     if options.confirm is not None and not options.confirm(the_plan):
         return RunReport(plan=the_plan, dry_run=True, warnings=("aborted by the operator",))
@@ -312,6 +328,7 @@ def _locked_purge(
         now=now,
         plan=document,
         plan_hash=reviewed.hash if reviewed is not None else None,
+        approval=_approval(options, the_plan, guarded),
     )
     should_stop = StopCheck(worker, started)
 
@@ -463,8 +480,73 @@ def _check_review(
     return planfile.shortfall(reviewed, the_plan.targets), _bound_to_review(the_plan, reviewed)
 
 
+def _approves(options: RunOptions) -> bool:
+    """Does the operator approve this attempt (the override, or a reviewed plan)?"""
+    return options.allow_large_deletes or options.plan_file is not None
+
+
+def _approval(options: RunOptions, the_plan: Plan, guarded: Mapping[str, str]) -> str | None:
+    """How this attempt passed the guards, and for which targets at which cutoffs (kept by
+    the run: a resumed attempt without an override of its own goes on with it)."""
+    if not _approves(options):
+        return None
+    reviewed = options.plan_file
+    return json.dumps(
+        {
+            "by": "a reviewed plan" if reviewed is not None else "--allow-large-deletes",
+            "newest_row": reviewed.newest_row if reviewed is not None else None,
+            "targets": {
+                t.key: t.resolution.cutoff.isoformat()
+                for t in the_plan.targets
+                if t.resolution.cutoff is not None and t.key not in guarded
+            },
+        },
+        sort_keys=True,
+    )
+
+
+def _approval_of(run: RunRecord | None) -> dict[str, Any] | None:
+    """A resumed run's approval (``_approval``), which an attempt without an override or a
+    plan of its own goes on with."""
+    if run is None or not run.approval:
+        return None
+    try:
+        found = json.loads(run.approval)
+    except ValueError:
+        return None
+    if not isinstance(found, dict):
+        return None
+    log.warning(
+        "resuming run %d with the approval of its first attempt (%s)", run.id, found.get("by")
+    )
+    return found
+
+
+def _int(found: dict[str, Any] | None, key: str) -> int | None:
+    value = (found or {}).get(key)
+    return value if isinstance(value, int) else None
+
+
+def _approved_targets(the_plan: Plan, inherited: dict[str, Any] | None) -> frozenset[str]:
+    """The targets an inherited approval covers: the same target at the same cutoff (a
+    policy changed since asks for a review again)."""
+    cutoffs = (inherited or {}).get("targets")
+    if not isinstance(cutoffs, dict):
+        return frozenset()
+    return frozenset(
+        t.key
+        for t in the_plan.targets
+        if t.resolution.cutoff is not None and cutoffs.get(t.key) == t.resolution.cutoff.isoformat()
+    )
+
+
 def _guard_settings(
-    worker: Worker, options: RunOptions, *, first_run: bool, previous: dict[str, float]
+    worker: Worker,
+    options: RunOptions,
+    *,
+    first_run: bool,
+    previous: dict[str, float],
+    approved: frozenset[str] = frozenset(),
 ) -> GuardSettings:
     settings = worker.settings
     return GuardSettings(
@@ -477,7 +559,8 @@ def _guard_settings(
         previous_days=previous,
         first_run=first_run,
         # a reviewed plan file is the review the guards ask for
-        allow_large_deletes=options.allow_large_deletes or options.plan_file is not None,
+        allow_large_deletes=_approves(options),
+        approved=approved,
     )
 
 

@@ -33,6 +33,9 @@ class GuardSettings:
     previous_days: Mapping[str, float] = field(default_factory=dict)
     first_run: bool = False  # no earlier successful run on this database
     allow_large_deletes: bool = False
+    # target keys a resumed run's first attempt was approved for (the override, or a
+    # reviewed plan), at the same cutoff: they pass as they did then
+    approved: frozenset[str] = frozenset()
 
 
 def _deletes(target: Target) -> bool:
@@ -103,7 +106,7 @@ CHECKS = (_first_run, _max_rows, _max_bytes, _max_fraction, _policy_shrink)
 
 def guard_target(target: Target, settings: GuardSettings) -> str:
     """Why ``target`` must not be deleted in this run; "" when it may."""
-    if settings.allow_large_deletes or not _deletes(target):
+    if settings.allow_large_deletes or target.key in settings.approved or not _deletes(target):
         return ""
     return next((reason for check in CHECKS if (reason := check(target, settings))), "")
 
@@ -115,7 +118,7 @@ def guard(targets: Iterable[Target], settings: GuardSettings) -> dict[str, str]:
     guarded = {key: reason for key, reason in found.items() if reason}
     if settings.allow_large_deletes:
         return guarded
-    rest = [t for t in deleting if t.key not in guarded]
+    rest = [t for t in deleting if t.key not in guarded and t.key not in settings.approved]
     rows = sum(t.counts.rows for t in rest)
     size = sum(t.counts.bytes for t in rest)
     run_reason = ""

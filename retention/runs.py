@@ -73,14 +73,25 @@ def open_run(
     now: datetime,
     plan: dict[str, Any],
     plan_hash: str | None = None,
+    approval: str | None = None,
 ) -> tuple[int, dict[str, Checkpoint]]:
     """Start a run, or reopen the resumed one with its checkpoints."""
     plan_hash = plan_hash or report.plan_hash(plan)
     with conn.begin():
         if resumed is not None:
-            state.reopen_run(conn, resumed, clock=clock, plan_hash=plan_hash, plan=plan)
+            state.reopen_run(
+                conn, resumed, clock=clock, plan_hash=plan_hash, plan=plan, approval=approval
+            )
             return resumed.id, state.load_checkpoints(conn, resumed.id)
-        run = state.start_run(conn, mode=mode, now=now, clock=clock, plan_hash=plan_hash, plan=plan)
+        run = state.start_run(
+            conn,
+            mode=mode,
+            now=now,
+            clock=clock,
+            plan_hash=plan_hash,
+            plan=plan,
+            approval=approval,
+        )
         return run.id, {}
 
 

@@ -74,6 +74,8 @@ runs = Table(
     Column("host", Text),
     Column("pid", Integer),
     Column("resumed", Integer, nullable=False, server_default="0"),
+    # how the first attempt passed the guards (JSON; migration 0005): kept on a resume
+    Column("approval", Text),
 )
 
 checkpoints = Table(
@@ -179,6 +181,7 @@ class RunRecord:
     pinned_now: datetime
     plan_hash: str
     resumed: int
+    approval: str | None = None  # JSON: how its first attempt passed the guards
 
 
 @dataclass(frozen=True)
@@ -204,11 +207,19 @@ def _record(row: Any) -> RunRecord:
         pinned_now=row.pinned_now,
         plan_hash=row.plan_hash,
         resumed=int(row.resumed),
+        approval=row._mapping.get("approval"),
     )
 
 
 def start_run(
-    conn: Connection, *, mode: str, now: datetime, clock: datetime, plan_hash: str, plan: Any
+    conn: Connection,
+    *,
+    mode: str,
+    now: datetime,
+    clock: datetime,
+    plan_hash: str,
+    plan: Any,
+    approval: str | None = None,
 ) -> RunRecord:
     result = conn.execute(
         insert(runs)
@@ -222,6 +233,7 @@ def start_run(
             plan=json.dumps(plan, sort_keys=True),
             host=socket.gethostname(),
             pid=os.getpid(),
+            approval=approval,
         )
         .returning(*runs.c)
     )
@@ -244,9 +256,11 @@ def pinned_now(conn: Connection, run_id: int) -> datetime:
     return value
 
 
-def _unfinished(conn: Connection) -> list[RunRecord]:
+def _unfinished(conn: Connection, *, approval: bool = False) -> list[RunRecord]:
+    """``approval``: also read it (migration 0005); a dry run reads tables of any revision."""
+    columns = [c for c in runs.c if approval or c.name != "approval"]
     rows = conn.execute(
-        select(runs)
+        select(*columns)
         .where(runs.c.status.in_([s.value for s in RESUMABLE]), runs.c.mode.in_(PURGE_MODES))
         .order_by(runs.c.id.desc())
     ).all()
@@ -259,11 +273,12 @@ def pending_run(
     clock: datetime,
     max_age: timedelta,
     not_after: datetime | None = None,
+    approval: bool = False,
 ) -> RunRecord | None:
     """The unfinished run that the next purge would resume (reads only): started at most
     ``max_age`` ago (and not in the future), its pinned now not after ``not_after`` (a run
     pinned by a clock that was ahead must not go on deleting by it)."""
-    unfinished = _unfinished(conn)
+    unfinished = _unfinished(conn, approval=approval)
     if not unfinished:
         return None
     last = unfinished[0]
@@ -287,7 +302,7 @@ def resumable_run(
 
     Called with the lock held, so a run still marked ``running`` has died.
     """
-    keep = pending_run(conn, clock=clock, max_age=max_age, not_after=not_after)
+    keep = pending_run(conn, clock=clock, max_age=max_age, not_after=not_after, approval=True)
     for record in _unfinished(conn):
         if keep is None or record.id != keep.id:
             conn.execute(
@@ -323,8 +338,16 @@ def _checkpoint_total(run_id: int, column: Any) -> Any:
 
 
 def reopen_run(
-    conn: Connection, run: RunRecord, *, clock: datetime, plan_hash: str, plan: Any
+    conn: Connection,
+    run: RunRecord,
+    *,
+    clock: datetime,
+    plan_hash: str,
+    plan: Any,
+    approval: str | None = None,
 ) -> None:
+    """``approval``: this attempt's own (an override or a plan given again); else the run
+    keeps its first attempt's."""
     conn.execute(
         update(runs)
         .where(runs.c.id == run.id)
@@ -336,6 +359,7 @@ def reopen_run(
             plan=json.dumps(plan, sort_keys=True),
             pid=os.getpid(),
             host=socket.gethostname(),
+            approval=approval if approval is not None else run.approval,
         )
     )
 
