@@ -118,7 +118,7 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="apply exactly this reviewed plan (from purge --dry-run --output FILE.json); "
-        "refuses on drift (exit 6); with --dry-run, only checks for drift",
+        "refuses on drift (exit 6); with purge --dry-run, only checks for drift",
     )
     parser.add_argument(
         "--plan-max-age", metavar="DURATION", help="RETENTION_PLAN_MAX_AGE (default 24h)"
@@ -333,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retention",
         description="Enforce data retention on a self-hosted Braintrust data plane.",
-        epilog="exit codes: 0 done, 1 unexpected error, 2 usage/configuration/policy, "
-        "3 control plane, 4 database, 5 partial (resumable), 6 safety guard, 7 locked",
+        epilog="exit codes: 0 done, 1 unexpected error (or status: unhealthy), "
+        "2 usage/configuration/policy, 3 control plane, 4 database or object store, "
+        "5 partial (resumable), 6 safety guard or plan refused, 7 locked "
+        "(docs/operations.md says what to do)",
     )
     parser.add_argument("--version", action="version", version=f"retention {__version__}")
     _common(parser, suppress=False)
@@ -383,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(os.environ.get("RETENTION_DEBUG"))
     try:
         settings = _settings(args)
-        logs.configure(settings.log_level, settings.log_format)
+        logs.configure(settings.log_level, settings.log_format, debug=debug)
         handler: Callable[[argparse.Namespace, Settings], int] = args.handler
         return handler(args, settings)
     except RetentionError as error:

@@ -248,7 +248,8 @@ def schedule(args: argparse.Namespace, settings: Settings) -> int:
                     "run failed with an unexpected error (%s); RETENTION_DEBUG=1 for a traceback",
                     type(error).__name__,
                 )
-                log.debug("the unexpected error", exc_info=True)
+                if os.environ.get("RETENTION_DEBUG"):
+                    log.error("the unexpected error", exc_info=True)
                 code = int(ExitCode.UNEXPECTED)
             last = None
             if code != 0:  # after a success its own end is the last success

@@ -151,7 +151,8 @@ def _sqlite_engine(
         if read_only or not create:
             raise DatabaseError(
                 f"database unavailable: SQLite file {path} does not exist "
-                "(set RETENTION_DATABASE_URL, or run 'retention demo')"
+                "(set RETENTION_DATABASE_URL to the data plane's database, or run "
+                "'retention db upgrade' to create this one)"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
     if read_only:

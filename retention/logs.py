@@ -58,6 +58,13 @@ class _Context(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; an error's last line, and with ``debug``
+    (``RETENTION_DEBUG``) its whole traceback too."""
+
+    def __init__(self, debug: bool = False) -> None:
+        super().__init__()
+        self.debug = debug
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -68,7 +75,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info:
-            doc["error"] = self.formatException(record.exc_info).splitlines()[-1]
+            text = self.formatException(record.exc_info)
+            doc["error"] = text.splitlines()[-1]
+            if self.debug:
+                doc["traceback"] = text
         return json.dumps(doc, default=str)
 
 
@@ -81,12 +91,13 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
-def configure(level: str = "INFO", fmt: str = "auto") -> None:
-    """JSON when stderr is not a terminal (``auto``), else readable text."""
+def configure(level: str = "INFO", fmt: str = "auto", *, debug: bool = False) -> None:
+    """JSON when stderr is not a terminal (``auto``), else readable text. ``debug``: JSON
+    lines carry whole tracebacks (text lines always do)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Context())
-    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.setFormatter(JsonFormatter(debug) if use_json else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
