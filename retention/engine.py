@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -287,10 +288,12 @@ def _locked_purge(
         )
         first_run = state.successful_runs(conn) == 0
         previous = state.last_success_days(conn)
-    reviewed = options.plan_file
+    inherited = _approval_of(resumed) if not _approves(options) else None
+    # a run approved by a reviewed plan resumes by applying that plan again: the same
+    # drift checks, bounds (rows, experiments, segments) and age limit
+    reviewed = options.plan_file or _recorded_plan(resumed, inherited)
     now = _pinned_now(worker, now, resumed, reviewed)
     logs.set_action("plan")
-    inherited = _approval_of(resumed) if not _approves(options) else None
     # a reviewed plan: its experiments and segments are compared, and no later row goes
     # (nor on a resume that goes on with its approval)
     the_plan = replace(
@@ -301,7 +304,7 @@ def _locked_purge(
             now,
             options.purge_orphans,
             bool(reviewed),
-            reviewed.newest_row if reviewed is not None else _int(inherited, "newest_row"),
+            reviewed.newest_row if reviewed is not None else None,
         ),
         clocks=clocks,
     )
@@ -312,7 +315,7 @@ def _locked_purge(
         the_plan.targets,
         _guard_settings(
             worker,
-            options,
+            replace(options, plan_file=reviewed),
             first_run=first_run,
             previous=previous,
             approved=_approved_targets(the_plan, inherited),
@@ -486,23 +489,33 @@ def _approves(options: RunOptions) -> bool:
 
 
 def _approval(options: RunOptions, the_plan: Plan, guarded: Mapping[str, str]) -> str | None:
-    """How this attempt passed the guards, and for which targets at which cutoffs (kept by
-    the run: a resumed attempt without an override of its own goes on with it)."""
-    if not _approves(options):
+    """How this attempt was approved, kept by the run for a resumed attempt without an
+    approval of its own: a reviewed plan's whole sealed document (the resume applies it
+    again), or for ``--allow-large-deletes`` each target's cutoff and the objects it kept."""
+    if options.plan_file is not None:
+        return json.dumps({"by": "a reviewed plan", "plan": options.plan_file.document})
+    if not options.allow_large_deletes:
         return None
-    reviewed = options.plan_file
     return json.dumps(
         {
-            "by": "a reviewed plan" if reviewed is not None else "--allow-large-deletes",
-            "newest_row": reviewed.newest_row if reviewed is not None else None,
+            "by": "--allow-large-deletes",
             "targets": {
-                t.key: t.resolution.cutoff.isoformat()
+                t.key: {
+                    "cutoff": t.resolution.cutoff.isoformat(),
+                    "held": sorted(str(i) for i in t.resolution.held_object_ids),
+                }
                 for t in the_plan.targets
                 if t.resolution.cutoff is not None and t.key not in guarded
             },
         },
         sort_keys=True,
     )
+
+
+def _recorded_plan(run: RunRecord | None, inherited: dict[str, Any] | None) -> PlanFile | None:
+    if run is None or inherited is None or not isinstance(inherited.get("plan"), dict):
+        return None
+    return planfile.parse(json.dumps(inherited["plan"]), Path(f"<the plan run {run.id} applies>"))
 
 
 def _approval_of(run: RunRecord | None) -> dict[str, Any] | None:
@@ -522,22 +535,24 @@ def _approval_of(run: RunRecord | None) -> dict[str, Any] | None:
     return found
 
 
-def _int(found: dict[str, Any] | None, key: str) -> int | None:
-    value = (found or {}).get(key)
-    return value if isinstance(value, int) else None
-
-
 def _approved_targets(the_plan: Plan, inherited: dict[str, Any] | None) -> frozenset[str]:
-    """The targets an inherited approval covers: the same target at the same cutoff (a
-    policy changed since asks for a review again)."""
-    cutoffs = (inherited or {}).get("targets")
-    if not isinstance(cutoffs, dict):
+    """The targets an inherited ``--allow-large-deletes`` covers: the same target at the
+    same cutoff, keeping at least the objects it kept then (a policy changed or a hold
+    lifted since asks for a review again)."""
+    approved = (inherited or {}).get("targets")
+    if not isinstance(approved, dict):
         return frozenset()
-    return frozenset(
-        t.key
-        for t in the_plan.targets
-        if t.resolution.cutoff is not None and cutoffs.get(t.key) == t.resolution.cutoff.isoformat()
-    )
+    found = []
+    for t in the_plan.targets:
+        then = approved.get(t.key)
+        if not isinstance(then, dict) or t.resolution.cutoff is None:
+            continue
+        held = {str(i) for i in t.resolution.held_object_ids}
+        if then.get("cutoff") == t.resolution.cutoff.isoformat() and held >= set(
+            then.get("held", ())
+        ):
+            found.append(t.key)
+    return frozenset(found)
 
 
 def _guard_settings(

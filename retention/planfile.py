@@ -65,9 +65,17 @@ class PlanFile:
 def read(path: Path) -> PlanFile:
     """Read and verify a plan file; an edited one is refused (exit 6)."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read plan file {path}: {exc.strerror}") from exc
+    return parse(text, path)
+
+
+def parse(text: str, path: Path) -> PlanFile:
+    """A plan file's text, verified (``path`` names it in messages): also a plan that a run
+    recorded as its approval, applied again when the run resumes."""
+    try:
+        document = json.loads(text)
     except ValueError as exc:
         raise GuardError(f"plan file {path} is not JSON: refused") from exc
     if not isinstance(document, dict) or document.get("plan_version") != PLAN_VERSION:

@@ -240,8 +240,11 @@ class HoldWatcher:
     cannot be read are not taken as no holds.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, required: bool = False) -> None:
+        """``required``: a configured folder, which had a policy file when the run read its
+        policies (``load_policy_dir``); empty or gone at the first read, it lost them."""
         self.path = path
+        self.required = required
         self._stamp: tuple[tuple[str, int, int, int, int], ...] | None = None
         self._holds: tuple[Hold, ...] = ()
         self._seen = False  # the folder was there at a read
@@ -249,7 +252,7 @@ class HoldWatcher:
 
     def _current_stamp(self) -> tuple[tuple[str, int, int, int, int], ...]:
         if not self.path.is_dir():
-            if self._seen:
+            if self._seen or self.required:
                 raise PolicyError(
                     f"policy folder {self.path} is gone during the run; stopping, since its "
                     "holds cannot be checked"
@@ -270,7 +273,7 @@ class HoldWatcher:
             stamps.append(
                 (file.name, info.st_mtime_ns, info.st_size, info.st_ctime_ns, info.st_ino)
             )
-        if not stamps and self._stamp:
+        if not stamps and (self._stamp or self.required):
             raise PolicyError(
                 f"policy folder {self.path} lost all its *.toml files during the run; "
                 "stopping, since its holds cannot be checked"

@@ -114,7 +114,7 @@ class Worker:
     def hold_watcher(self) -> Callable[[], tuple[Hold, ...]] | None:
         """Holds of the local policy folder, re-read before each batch."""
         local = next((s for s in self.sources if isinstance(s, LocalPolicySource)), None)
-        return HoldWatcher(local.path) if local is not None else None
+        return HoldWatcher(local.path, required=local.required) if local is not None else None
 
     def load_policies(self) -> list[PolicySet]:
         """Every source completely, or an exception: never a half-read policy set."""

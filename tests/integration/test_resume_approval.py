@@ -4,8 +4,9 @@ The first purge on a database needs a review: ``--allow-large-deletes`` or a rev
 plan. When that first run stops (its time budget, a signal, a kill), the next scheduled run
 resumes it without either. It used to stop at the first-run guard (exit 6, not retried by
 the CronJob): the nightly job was stuck until someone repeated the override. Now the run
-keeps its approval, for the same targets at the same cutoffs, and a reviewed plan's bound
-(its newest row) with it. A policy changed since asks for a review again.
+keeps its approval: a reviewed plan is applied again (with its bounds, drift checks and
+age limit), ``--allow-large-deletes`` covers the same targets at the same cutoffs. A
+policy changed since asks for a review again (``test_resume_approval_limits.py``: more).
 """
 
 from __future__ import annotations

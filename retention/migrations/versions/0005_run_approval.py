@@ -1,7 +1,7 @@
-"""A run's approval: how its first attempt passed the guards (``--allow-large-deletes``, or a
-reviewed plan and the newest row it saw). A resumed attempt keeps it for the targets it
-was working on with the same cutoff, so a first run stopped by its time budget is
-finished by the next scheduled run instead of stopping at the first-run guard.
+"""A run's approval: how its first attempt passed the guards (a reviewed plan, recorded
+whole, or ``--allow-large-deletes`` with each target's cutoff and kept objects). A resumed
+attempt without its own keeps it, so a first run stopped by its time budget is finished
+by the next scheduled run instead of stopping at the first-run guard.
 
 Expand step only (a nullable column).
 
