@@ -134,7 +134,7 @@ class Db:
             self.scalar(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND application_name = 'retention' AND wait_event_type = 'Lock' "
-                "AND query LIKE 'DELETE FROM events%'"
+                "AND replace(query, '\"', '') LIKE 'DELETE FROM events%'"
             )
             == 1
         )

@@ -48,7 +48,7 @@ def _waiting(engine: sa.Engine) -> bool:
     with engine.connect() as conn:
         found = conn.exec_driver_sql(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM events%%'"
+            "AND wait_event_type = 'Lock' AND replace(query, '\"', '') LIKE 'DELETE FROM events%%'"
         ).scalar_one()
     return bool(found)
 

@@ -107,7 +107,7 @@ def _purge_waits_on_a_lock(url: str, statement: str) -> Callable[[], bool]:
             url,
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND application_name = 'retention' AND wait_event_type = 'Lock' "
-            "AND query ILIKE :statement",
+            "AND replace(query, '\"', '') ILIKE :statement",  # names may be quoted
             statement=f"%{statement}%",  # also inside a WITH (a group of targets)
         )
         return bool(found == 1)
