@@ -302,7 +302,7 @@ def _locked_purge(
             worker,
             policy_sets,
             now,
-            options.purge_orphans,
+            options.purge_orphans or (reviewed is not None and reviewed.orphans),
             bool(reviewed),
             reviewed.newest_row if reviewed is not None else None,
         ),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from retention import engine as engine_module
@@ -121,3 +122,35 @@ def test_a_stopped_reviewed_plan_is_finished_within_its_review(db_url: str, tmp_
     later = engine_module.purge(worker(db_url, policies, batch_size=5))
     assert later.status is RunStatus.SUCCEEDED, [o.guard for o in later.outcomes]
     assert surviving_rows(engine_for(db_url)) == _fresh(scenario) | {"late"}
+
+
+def test_a_stopped_plan_with_orphans_is_finished_with_them(
+    db_url: str, tmp_path: Path, fake_cp: Any, token_file: Path
+) -> None:
+    """A plan made with --purge-orphans, applied and stopped: the plain resume applies it
+    again with its orphans (without them it would drift and refuse)."""
+    from tests.fakecp import project
+
+    scenario = _world(db_url)
+    fake_cp.projects = [project(P, "p")]  # Q is unknown: an orphan
+    cp = {"api_url": fake_cp.url, "service_token_file": token_file}
+    policies = write_policies(tmp_path / "p", policy_toml(defaults={"project_logs": 30}))
+    plan_worker = worker(db_url, policies, batch_size=5, **cp)
+    sealed = planfile.seal(
+        report.report_document(engine_module.plan(plan_worker, identify=True, purge_orphans=True))
+    )
+    (tmp_path / "plan.json").write_text(json.dumps(sealed), encoding="utf-8")
+    reviewed = planfile.read(tmp_path / "plan.json")
+    assert reviewed.orphans
+
+    first = engine_module.purge(
+        worker(db_url, policies, batch_size=5, should_stop=StopAfter(3), **cp),
+        plan_file=reviewed,
+    )
+    assert first.status is RunStatus.PARTIAL
+    later = engine_module.purge(worker(db_url, policies, batch_size=5, **cp))
+    assert later.status is RunStatus.SUCCEEDED, [o.guard for o in later.outcomes]
+    # P by its policy; Q, the orphan, whole (past the safety floor of 1 day)
+    assert surviving_rows(engine_for(db_url)) == {
+        e["id"] for e in scenario.events if e["project_id"] == P and "-new-" in e["id"]
+    }
