@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from retention import migrate
 from retention.db import make_engine, parse_database_url
@@ -176,3 +177,26 @@ def store(request: pytest.FixtureRequest) -> FileStore | S3Store:
     """The same test on real files and on an S3-compatible server."""
     name = "file_store" if request.param == "file" else "s3_store"
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+def at_revision(url: str, revision: str) -> None:
+    """The worker's tables at an older ``revision`` (a database an older worker migrated)."""
+    engine = make_engine(parse_database_url(url), create=True)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrate._config(conn), revision)
+        with engine.connect() as conn:
+            assert migrate.current(conn) == revision
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bare_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A data plane with no worker tables, on either dialect."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    else:
+        url = str(request.getfixturevalue("empty_pg_url"))
+    prepare(url, worker_tables=False)
+    return url

@@ -12,24 +12,14 @@ from uuid import UUID
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from retention import migrate
 from retention.db import make_engine, parse_database_url
 from tests.acceptance.cli import clean_env, retention_command, run
-from tests.conftest import engine_for, prepare
+from tests.conftest import at_revision, engine_for, prepare
 from tests.support import NOW, Scenario, create_reference_schema, insert
 
 P1 = UUID("5f0c6c1e-3d5b-4b7e-9a51-0d6f7c2b9e11")
-
-
-def at_revision(url: str, revision: str) -> None:
-    engine = make_engine(parse_database_url(url), create=True)
-    try:
-        with engine.begin() as conn:
-            command.upgrade(migrate._config(conn), revision)
-    finally:
-        engine.dispose()
 
 
 def _waiting_upgrades(admin: sa.Engine) -> int:
@@ -52,20 +42,16 @@ def _start_upgrade(env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def test_two_concurrent_db_upgrades_both_succeed(empty_pg_url: str) -> None:
-    """Two pods' init containers run ``retention db upgrade`` on the same database at once
-    (a rolling deploy of a release with migration 0004): both must exit 0 and leave one
-    schema at head. Here both wait on the same table (the test holds a lock on it) and
-    then go on together: the second fails with exit 4 'column "leader_pid" of relation
-    "retention_work" already exists', because the upgrade takes no lock of its own."""
-    prepare(empty_pg_url, worker_tables=False)
-    at_revision(empty_pg_url, "0003")
-    env = clean_env(RETENTION_DATABASE_URL=empty_pg_url)
-    blocker = engine_for(empty_pg_url)
+def _race_two_upgrades(url: str, hold: str) -> None:
+    """Two ``retention db upgrade`` held at the same point by a statement of the test's
+    (``hold``, in a transaction it then rolls back), then let go together: both must exit
+    0 and leave one schema at head."""
+    env = clean_env(RETENTION_DATABASE_URL=url)
+    blocker = engine_for(url)
     try:
         with blocker.connect() as conn:
             conn.exec_driver_sql("BEGIN")
-            conn.exec_driver_sql("LOCK TABLE retention_work IN ACCESS EXCLUSIVE MODE")
+            conn.exec_driver_sql(hold)
             first, second = _start_upgrade(env), _start_upgrade(env)
             deadline = time.monotonic() + 60
             while _waiting_upgrades(blocker) < 2 and time.monotonic() < deadline:
@@ -80,47 +66,27 @@ def test_two_concurrent_db_upgrades_both_succeed(empty_pg_url: str) -> None:
             assert migrate.current(conn) == migrate.head()
     finally:
         blocker.dispose()
+
+
+def test_two_concurrent_db_upgrades_both_succeed(empty_pg_url: str) -> None:
+    """Two pods' init containers run ``retention db upgrade`` on the same database at once
+    (a rolling deploy of a release with migration 0004). Held on the same table, then let
+    go together, the second failed with exit 4 'column "leader_pid" of relation
+    "retention_work" already exists': the upgrade took no lock of its own."""
+    prepare(empty_pg_url, worker_tables=False)
+    at_revision(empty_pg_url, "0003")
+    _race_two_upgrades(empty_pg_url, "LOCK TABLE retention_work IN ACCESS EXCLUSIVE MODE")
 
 
 def test_two_concurrent_first_db_upgrades_both_succeed(empty_pg_url: str) -> None:
-    """The first deploy: two ``retention db upgrade`` on a database without worker tables at
-    once. Both must exit 0 with one schema at head. Here both are held at their first
-    CREATE TABLE (the test creates the same name in a transaction it rolls back): one then
-    commits the whole schema and the other fails with exit 4 (duplicate key in pg_type)."""
+    """The first deploy: two ``retention db upgrade`` on a database without worker tables.
+    Held at their first CREATE TABLE (the test creates the same name in a transaction it
+    rolls back), one committed the whole schema and the other failed with exit 4."""
     prepare(empty_pg_url, worker_tables=False)
-    env = clean_env(RETENTION_DATABASE_URL=empty_pg_url)
-    blocker = engine_for(empty_pg_url)
-    try:
-        with blocker.connect() as conn:
-            conn.exec_driver_sql("BEGIN")
-            conn.exec_driver_sql("CREATE TABLE retention_alembic_version (version_num text)")
-            first, second = _start_upgrade(env), _start_upgrade(env)
-            deadline = time.monotonic() + 60
-            while _waiting_upgrades(blocker) < 2 and time.monotonic() < deadline:
-                if first.poll() is not None or second.poll() is not None:
-                    break
-                time.sleep(0.05)
-            conn.exec_driver_sql("ROLLBACK")
-        results = [p.communicate(timeout=60) for p in (first, second)]
-        codes = [first.returncode, second.returncode]
-        assert codes == [0, 0], (codes, [r[1] for r in results])
-        with blocker.connect() as conn:
-            assert migrate.current(conn) == migrate.head()
-    finally:
-        blocker.dispose()
+    _race_two_upgrades(empty_pg_url, "CREATE TABLE retention_alembic_version (version_num text)")
 
 
 # --- older revisions: db check/current, purge refuses and writes nothing --------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def bare_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-    else:
-        url = str(request.getfixturevalue("empty_pg_url"))
-    prepare(url, worker_tables=False)
-    return url
 
 
 def _seed_logs(engine: sa.Engine) -> None:

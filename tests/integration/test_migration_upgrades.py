@@ -15,14 +15,13 @@ from uuid import UUID
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from retention import migrate, state
 from retention import status as status_module
 from retention.db import make_engine, parse_database_url
 from retention.engine import iter_receipts
 from retention.models import RunStatus
-from tests.conftest import engine_for, prepare
+from tests.conftest import at_revision, engine_for, prepare
 from tests.integration.helpers import purge, worker, write_policies
 from tests.support import NOW, Scenario, insert, policy_toml
 
@@ -30,28 +29,6 @@ P1 = UUID("5f0c6c1e-3d5b-4b7e-9a51-0d6f7c2b9e11")
 
 
 # --- building a database at an older revision ---------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def bare_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A data plane with no worker tables, on either dialect."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-    else:
-        url = str(request.getfixturevalue("empty_pg_url"))
-    prepare(url, worker_tables=False)
-    return url
-
-
-def at_revision(url: str, revision: str) -> None:
-    engine = make_engine(parse_database_url(url), create=True)
-    try:
-        with engine.begin() as conn:
-            command.upgrade(migrate._config(conn), revision)
-        with engine.connect() as conn:
-            assert migrate.current(conn) == revision
-    finally:
-        engine.dispose()
 
 
 def upgrade_to_head(url: str) -> None:
