@@ -290,10 +290,14 @@ def test_an_object_hold_added_during_the_run_keeps_that_object(db_url: str, tmp_
     ) - (len(expired_kept) - len(gone_of_kept))
 
 
-def test_a_policy_folder_gone_during_the_run_stops_it(db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["unmounted", "emptied"])
+def test_a_policy_folder_gone_during_the_run_stops_it(
+    db_url: str, tmp_path: Path, how: str
+) -> None:
     """Holds that cannot be read are not taken as no holds: the folder unmounted (or
-    removed) during the run stops it at the next batch (exit 2), and the held project's
-    rows stay, as do the rows of every batch not yet run."""
+    removed) during the run, or left there empty (a volume unmounted over its mount
+    point), stops it at the next batch (exit 2), and the held project's rows stay, as do
+    the rows of every batch not yet run."""
     scenario = generate(66, projects=2, events=1200)
     _first, second = sorted(scenario.project_ids())
     insert(engine_for(db_url), scenario)
@@ -308,44 +312,18 @@ def test_a_policy_folder_gone_during_the_run_stops_it(db_url: str, tmp_path: Pat
     held = {e["id"] for e in scenario.events if e["project_id"] == second}
     calls = {"n": 0}
 
-    def unmount_after_two_batches() -> bool:
+    def lose_it_after_two_batches() -> bool:
         calls["n"] += 1
         if calls["n"] == 3:
-            policies.rename(tmp_path / "unmounted")
+            if how == "unmounted":
+                policies.rename(tmp_path / "unmounted")
+            else:
+                (policies / "policy.toml").unlink()
         return False
 
-    with pytest.raises(PolicyError, match="is gone during the run"):
-        purge(worker(db_url, policies, batch_size=10, should_stop=unmount_after_two_batches))
+    message = "is gone during the run" if how == "unmounted" else "lost all its"
+    with pytest.raises(PolicyError, match=message):
+        purge(worker(db_url, policies, batch_size=10, should_stop=lose_it_after_two_batches))
     left = surviving_rows(engine_for(db_url))
     assert held <= left
     assert len(before - left) == 20  # the two batches before the folder went
-
-
-def test_a_policy_folder_emptied_during_the_run_stops_it(db_url: str, tmp_path: Path) -> None:
-    """A volume unmounted over its mount point leaves the folder there but empty: that
-    stops the run too, and the held project's rows stay."""
-    scenario = generate(67, projects=2, events=1200)
-    _first, second = sorted(scenario.project_ids())
-    insert(engine_for(db_url), scenario)
-    policies = write_policies(
-        tmp_path / "p",
-        policy_toml(
-            defaults={"project_logs": 5},
-            holds=[{"project": str(second), "reason": "legal matter"}],
-        ),
-    )
-    before = surviving_rows(engine_for(db_url))
-    held = {e["id"] for e in scenario.events if e["project_id"] == second}
-    calls = {"n": 0}
-
-    def empty_after_two_batches() -> bool:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            (policies / "policy.toml").unlink()
-        return False
-
-    with pytest.raises(PolicyError, match="lost all its"):
-        purge(worker(db_url, policies, batch_size=10, should_stop=empty_after_two_batches))
-    left = surviving_rows(engine_for(db_url))
-    assert held <= left
-    assert len(before - left) == 20  # the two batches before the files went
