@@ -244,7 +244,7 @@ def purge(
         mode=mode,
         confirm=confirm,
         allow_large_deletes=allow_large_deletes,
-        purge_orphans=purge_orphans or (plan_file is not None and plan_file.orphans),
+        purge_orphans=purge_orphans,
         plan_file=plan_file,
     )
     deadline = time.monotonic() + worker.settings.reconnect_timeout.total_seconds()
@@ -302,6 +302,7 @@ def _locked_purge(
             worker,
             policy_sets,
             now,
+            # a plan made with --purge-orphans applies (and resumes) with its orphans
             options.purge_orphans or (reviewed is not None and reviewed.orphans),
             bool(reviewed),
             reviewed.newest_row if reviewed is not None else None,
