@@ -78,9 +78,14 @@ def leaves(conn: Connection, tables: DataPlaneTables) -> list[Partition]:
         "relid", "parentrelid", "isleaf", "level"
     )
     pg_class = table(
-        "pg_class", column("oid"), column("relname"), column("relnamespace"), column("relpartbound")
+        "pg_class",
+        column("oid"),
+        column("relname"),
+        column("relnamespace"),
+        column("relpartbound"),
+        schema="pg_catalog",
     )
-    pg_namespace = table("pg_namespace", column("oid"), column("nspname"))
+    pg_namespace = table("pg_namespace", column("oid"), column("nspname"), schema="pg_catalog")
     rows = conn.execute(
         select(
             pg_namespace.c.nspname,
@@ -120,7 +125,8 @@ def still_a_leaf(conn: Connection, tables: DataPlaneTables, part: Partition) -> 
     name = pg_name(_ddl_table(part))
     found = conn.execute(
         text(
-            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "SELECT count(*) FROM pg_catalog.pg_inherits i "
+            "JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
             "WHERE i.inhrelid = CAST(:oid AS oid) AND c.oid = to_regclass(:name) "
             "AND i.inhparent = CAST(:rel AS regclass) "
             "AND pg_get_expr(c.relpartbound, c.oid) = :bound "
@@ -137,7 +143,7 @@ def waiting_on(conn: Connection, part: Partition) -> int:
     return int(
         conn.execute(
             text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'relation' "
+                "SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'relation' "
                 "AND relation = CAST(:oid AS oid) AND NOT granted"
             ),
             {"oid": part.oid},
@@ -156,8 +162,10 @@ def bound_parent_wait(conn: Connection) -> None:
     conn.exec_driver_sql(
         "SELECT set_config('lock_timeout', (CASE WHEN cur > 0 AND cur < half THEN cur "
         "ELSE half END)::text || 'ms', true) FROM (SELECT "
-        "(SELECT setting::bigint FROM pg_settings WHERE name = 'lock_timeout') AS cur, "
-        "greatest((SELECT setting::bigint FROM pg_settings WHERE name = 'deadlock_timeout') "
+        "(SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'lock_timeout') "
+        "AS cur, "
+        "greatest((SELECT setting::bigint FROM pg_catalog.pg_settings "
+        "WHERE name = 'deadlock_timeout') "
         "/ 2, 1) AS half) s"
     )
 
@@ -166,7 +174,7 @@ def _created_key(conn: Connection, tables: DataPlaneTables) -> bool:
     row = conn.execute(
         text(
             "SELECT p.partstrat = 'r' AND p.partnatts = 1 AND a.attname = :col "
-            "FROM pg_partitioned_table p JOIN pg_attribute a "
+            "FROM pg_catalog.pg_partitioned_table p JOIN pg_catalog.pg_attribute a "
             "ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0] "
             "WHERE p.partrelid = CAST(:rel AS regclass)"
         ),
@@ -270,7 +278,7 @@ def heap_size(conn: Connection, tables: DataPlaneTables) -> tuple[int, int]:
     The row estimate is the planner's (``reltuples``, no scan; 0 before any ANALYZE).
     """
     tree = func.pg_partition_tree(_rel(conn, tables)).table_valued("relid", "isleaf")
-    pg_class = table("pg_class", column("oid"), column("reltuples"))
+    pg_class = table("pg_class", column("oid"), column("reltuples"), schema="pg_catalog")
     blocks, rows = conn.execute(
         select(
             func.max(func.pg_relation_size(tree.c.relid)),

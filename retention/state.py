@@ -793,8 +793,9 @@ def lock_holders(pid: Any = None) -> Any:
         column("objsubid"),
         column("pid"),
         column("granted"),
+        schema="pg_catalog",
     )
-    databases = table("pg_database", column("oid"), column("datname"))
+    databases = table("pg_database", column("oid"), column("datname"), schema="pg_catalog")
     high, low = (LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF  # pg_advisory_lock(bigint)
     query = select(locks.c.pid).where(
         locks.c.locktype == "advisory",

@@ -225,7 +225,7 @@ def claim(conn: Connection, run_id: int, me: str, stale: timedelta) -> Unit | No
     stale_before = func.clock_timestamp() - func.make_interval(
         0, 0, 0, 0, 0, 0, stale.total_seconds()
     )
-    activity = table("pg_stat_activity", column("pid"))
+    activity = table("pg_stat_activity", column("pid"), schema="pg_catalog")
     running = select(runs.c.id).where(runs.c.id == run_id, runs.c.status == "running")
     row = conn.execute(
         select(units)

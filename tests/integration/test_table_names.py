@@ -374,3 +374,38 @@ def test_sqlite_odd_names(sqlite_url: str, tmp_path: Path) -> None:
     )
     _check(purge(w))
     assert _ids(sqlite_url, _q(SQLITE_ODD["events"])) == expect.survivors(scenario)
+
+
+CATALOG_DECOYS = {  # name: the columns copied (some catalog columns have pseudo-types)
+    "pg_class": "*",
+    "pg_namespace": "*",
+    "pg_inherits": "*",
+    "pg_locks": "*",
+    "pg_settings": "*",
+    "pg_partitioned_table": "partrelid, partstrat, partnatts, partattrs",
+    "pg_attribute": "attrelid, attname, attnum, attisdropped",
+    "pg_stat_activity": "*",
+    "pg_database": "oid, datname",
+}
+
+
+def test_catalog_tables_shadowed_by_the_search_path(pg_url: str, tmp_path: Path) -> None:
+    """A search_path that names ``pg_catalog`` after a schema holding empty tables called
+    ``pg_class``, ``pg_inherits``, ``pg_locks``...: the worker's catalog lookups still read
+    the catalog, so expired partitions go whole and the rest is swept on two connections."""
+    _partitioned(pg_url, "events", lambda lo: f"events_{lo:%Y_%m}")
+    scenario, expect, policy_dir = _seed(pg_url, tmp_path, 107)
+    before = _leaves(pg_url, "events")
+    _ddl(
+        pg_url,
+        "CREATE SCHEMA shadow",
+        *(
+            f"CREATE TABLE shadow.{name} AS SELECT {columns} FROM pg_catalog.{name} WHERE false"
+            for name, columns in CATALOG_DECOYS.items()
+        ),
+    )
+    url = pg_url + "?options=-c%20search_path%3Dshadow,pg_catalog,public"
+    w = worker(url, policy_dir, delete_strategy="blocks", sweep_connections=2, sweep_unit_blocks=2)
+    _check(purge(w))
+    assert _ids(pg_url, "public.events") == expect.survivors(scenario)
+    assert len(_leaves(pg_url, "public.events")) < len(before)
