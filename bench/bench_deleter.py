@@ -2,12 +2,13 @@
 
     python bench/bench_deleter.py [--rows 1000000] [--steady | --partitioned] [--repeat 2]
                                   [--fast] [--memory-only] [--workers N] [--connections N]
+                                  [--projects 50]
 
 Starts a throwaway PostgreSQL cluster (durable settings unless --fast), loads the reference
-schema with ROWS log rows of 50 projects interleaved on the heap, `created` uniform over 120
-days, ~400-byte jsonb, both indexes. Each approach runs on its own copy (CREATE DATABASE ...
-TEMPLATE), --repeat times; medians are printed as ratios to the one-statement DELETE measured
-in the same run, with the longest transaction of each.
+schema with ROWS log rows of 50 projects (--projects) interleaved on the heap, `created`
+uniform over 120 days, ~400-byte jsonb, both indexes. Each approach runs on its own copy
+(CREATE DATABASE ... TEMPLATE), --repeat times; medians are printed as ratios to the
+one-statement DELETE measured in the same run, with the longest transaction of each.
 
   (default)      a backlog: half the rows expired (cutoff 60 days)
   --steady       a daily run: ~1% expired (cutoff 119 days)
@@ -211,7 +212,7 @@ def peak_rss_of_run(url: str, now: dt.datetime, days: int, work: Path) -> float:
     return max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
 
 
-def load(tmpl: str, rows: int, partitioned: bool) -> dt.datetime:
+def load(tmpl: str, rows: int, partitioned: bool, projects: int = PROJECTS) -> dt.datetime:
     with admin(tmpl).connect() as conn:
         for statement in PG_DDL:
             conn.exec_driver_sql(statement)
@@ -230,8 +231,8 @@ def load(tmpl: str, rows: int, partitioned: bool) -> dt.datetime:
                     f"FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
                 )
             conn.exec_driver_sql("CREATE TABLE events_default PARTITION OF events DEFAULT")
-        conn.exec_driver_sql(OBJECTS.format(projects=PROJECTS))
-        conn.exec_driver_sql(LOAD.format(rows=rows, projects=PROJECTS))
+        conn.exec_driver_sql(OBJECTS.format(projects=projects))
+        conn.exec_driver_sql(LOAD.format(rows=rows, projects=projects))
     engine = make_engine(parse_database_url(tmpl))
     migrate.upgrade(engine)
     engine.dispose()
@@ -293,6 +294,9 @@ def main() -> None:
     mode.add_argument("--steady", action="store_true")
     mode.add_argument("--partitioned", action="store_true")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--projects", type=int, default=PROJECTS, help="projects the rows are spread over"
+    )
     parser.add_argument("--fast", action="store_true", help="fsync off (not for the ratios)")
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument(
@@ -313,9 +317,10 @@ def main() -> None:
             conn.exec_driver_sql("CREATE DATABASE tmpl")
         tmpl = cluster.url_for("tmpl")
         started = time.perf_counter()
-        now = load(tmpl, args.rows, args.partitioned)
+        now = load(tmpl, args.rows, args.partitioned, args.projects)
         print(
-            f"rows={args.rows} durable={not args.fast} expired_age_days={days} "
+            f"rows={args.rows} projects={args.projects} durable={not args.fast} "
+            f"expired_age_days={days} "
             f"partitioned={args.partitioned} load_s={time.perf_counter() - started:.1f}"
         )
         if args.memory_only:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
@@ -96,6 +97,27 @@ class SweepSet:
     # applying a reviewed plan: the experiments it named (whole-partition drops judge
     # experiment rows by it; the block sweep has no experiments, and does not carry it)
     reviewed_objects: frozenset[UUID] | None = None
+
+    # Worked out once per sweep, not per batch: a sweep may have thousands of targets.
+
+    @cached_property
+    def columns(self) -> tuple[str, str, str]:
+        """The targets' project ids, object types and cutoffs as array literals (the join's
+        arrays): a list parameter is dumped element by element on every execution."""
+        return (
+            _array_literal(str(t.project_id) for t in self.targets),
+            _array_literal(t.object_type.value for t in self.targets),
+            _array_literal(t.cutoff.isoformat() for t in self.targets),
+        )
+
+    @cached_property
+    def latest_cutoff(self) -> datetime:
+        return max(t.cutoff for t in self.targets)
+
+    @cached_property
+    def by_pair(self) -> dict[tuple[UUID, str], SweepTarget]:
+        """The targets by (project id, object type value)."""
+        return {(t.project_id, t.object_type.value): t for t in self.targets}
 
     @property
     def signature(self) -> str:
@@ -231,14 +253,23 @@ def resolution_arrays(
     )
 
 
+def _array_literal(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal of ``values`` (UUIDs, object types, ISO timestamps: no
+    quote or backslash in them), each quoted."""
+    items = list(values)
+    assert not any('"' in v or "\\" in v for v in items)
+    return "{" + ",".join(f'"{v}"' for v in items) + "}"
+
+
 def target_arrays(sweep: SweepSet, limits: Sequence[int] | None = None) -> Any:
     """The targets as a derived table ``t (p, ty, cut, i)`` from three bound arrays (``i``:
     the target's place in ``sweep.targets``, from 1); with ``limits``, ``t (p, ty, cut, k,
     i)``."""
+    projects, types, cutoffs = sweep.columns
     arrays = [
-        bindparam("ps", [t.project_id for t in sweep.targets], type_=ARRAY(PG_UUID(as_uuid=True))),
-        bindparam("ts", [t.object_type.value for t in sweep.targets], type_=ARRAY(Text)),
-        bindparam("cs", [t.cutoff for t in sweep.targets], type_=ARRAY(DateTime(timezone=True))),
+        cast(bindparam("ps", projects, type_=Text), ARRAY(PG_UUID(as_uuid=True))),
+        cast(bindparam("ts", types, type_=Text), ARRAY(Text)),
+        cast(bindparam("cs", cutoffs, type_=Text), ARRAY(DateTime(timezone=True))),
     ]
     names = ["p", "ty", "cut"]
     if limits is not None:
@@ -283,7 +314,7 @@ def delete_blocks(
         ev.c.created < arrays.c.cut,
         # the latest cutoff as a constant: partitions of a partitioned table that hold
         # nothing older are pruned from the scan
-        ev.c.created < max(t.cutoff for t in sweep.targets),
+        ev.c.created < sweep.latest_cutoff,
     ]
     if sweep.held:
         conditions.append(ev.c.object_id.not_in(sorted(sweep.held)))

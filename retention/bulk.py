@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
@@ -60,7 +61,11 @@ class RowSweep:
 
     def waits_of(self, key: str) -> int:
         """The sweep's lock waits, counted once: on the first swept target."""
-        return self.waits if self.swept and key == min(self.swept) else 0
+        return self.waits if key == self._first else 0
+
+    @cached_property
+    def _first(self) -> str | None:
+        return min(self.swept) if self.swept else None
 
 
 def _receipt(
@@ -105,7 +110,7 @@ def record(
     ``whole``: a partition that goes whole; its receipts name the partition as both keys
     and carry no digest (its rows are not read one by one)."""
     now = ctx.clock()
-    by_pair = {(t.project_id, t.object_type.value): t for t in current.targets}
+    by_pair = current.by_pair
     counts, items = [], []
     for pair, (count, first, last, digest) in sorted(found.items(), key=str):
         target = by_pair[pair]
@@ -128,11 +133,23 @@ class _Holds:
         self.ctx = ctx
         self.targets = {t.key: t for t in targets}
         self.held: dict[str, str] = {}  # target key -> reason, held during the run
+        # the holds last applied and the sweep they gave: the same holds over that sweep
+        # give it again (the work is per target, and a batch must not cost per target)
+        self._last: tuple[tuple[Hold, ...], blocksweep.SweepSet] | None = None
 
     def refresh(self, current: blocksweep.SweepSet) -> blocksweep.SweepSet:
         if self.ctx.holds is None:
             return current
-        holds = self.ctx.holds()
+        holds = tuple(self.ctx.holds())
+        if self._last is not None and self._last[0] == holds and self._last[1] is current:
+            return current
+        refreshed = self._apply(current, holds)
+        if refreshed == current:
+            refreshed = current
+        self._last = (holds, refreshed)
+        return refreshed
+
+    def _apply(self, current: blocksweep.SweepSet, holds: Sequence[Hold]) -> blocksweep.SweepSet:
         kept, extra = [], set(current.held)
         for swept in current.targets:
             updated, hold = apply_new_holds(self.targets[swept.key], holds)
@@ -145,16 +162,24 @@ class _Holds:
         return replace(current, targets=tuple(kept), held=frozenset(extra))
 
 
-@dataclass(frozen=True)
 class _OwnHolds:
     """A worker other than the leader reads the holds itself before every batch: the
     leader publishes them only between its own batches, which may wait on a lock."""
 
-    read: Callable[[], Sequence[Hold]]
-    now: datetime  # the run's pinned now
+    def __init__(self, read: Callable[[], Sequence[Hold]], now: datetime) -> None:
+        self.read = read
+        self.now = now  # the run's pinned now
+        self._last: tuple[tuple[Hold, ...], blocksweep.SweepSet, blocksweep.SweepSet] | None = (
+            None  # holds, the sweep they applied to, the result
+        )
 
     def apply(self, sweep: blocksweep.SweepSet) -> blocksweep.SweepSet:
-        return sweep.with_holds(self.read(), self.now)
+        holds = tuple(self.read())
+        if self._last is not None and self._last[0] == holds and self._last[1] is sweep:
+            return self._last[2]
+        result = sweep.with_holds(holds, self.now)
+        self._last = (holds, sweep, result)
+        return result
 
 
 def _open_checkpoints(
@@ -221,7 +246,8 @@ def drop_partitions(
     candidates = [p for p in parts if p.upper is not None and p.upper <= latest]
     if not candidates:
         return found, 0
-    swept = [t for t in chosen if t.key in {s.key for s in sweep.targets}]
+    keys = {s.key for s in sweep.targets}
+    swept = [t for t in chosen if t.key in keys]
     _open_checkpoints(ctx, swept, found)
     holds = _Holds(ctx, swept)
     current, gone, rows = sweep, 0, 0
@@ -435,7 +461,7 @@ def work_units(
     holds added during the run for everyone; a helper stops when nothing is left to claim.
     """
     longest, waits, rows, finished = 0.0, 0, 0, 0
-    current: blocksweep.SweepSet | None = None
+    reader = workqueue.SweepReader(ctx.run_id)
     own: _OwnHolds | None = None
     table: str | None = None  # another worker's: its events table, to check the sweep's
     while True:
@@ -449,11 +475,10 @@ def work_units(
             if holds is None and own is None and ctx.holds is not None:
                 own = _OwnHolds(ctx.holds, state.pinned_now(ctx.conn, ctx.run_id))
             if holds is not None:
-                current = current or workqueue.current_sweep(ctx.conn, ctx.run_id)
+                current = reader.read(ctx.conn)
                 refreshed = holds.refresh(current)
-                if refreshed != current:
+                if refreshed is not current and refreshed != current:
                     workqueue.publish(ctx.conn, ctx.run_id, refreshed)
-                    current = refreshed
             open_ = unit is not None or left == 0 or workqueue.still_led(ctx.conn, ctx.run_id)
         if unit is None:
             if left == 0:
@@ -463,13 +488,11 @@ def work_units(
                 return blocksweep.SweepResult(open_, longest, waits, note, rows, finished)
             ctx.sleep(crew.poll)  # others are on the last units
             continue
-        done = _work_unit(ctx, crew, sizer, unit, holds or own, table)
+        done = _work_unit(ctx, crew, sizer, unit, reader, holds or own, table)
         longest, waits, rows = max(longest, done.longest), waits + done.waits, rows + done.rows
         finished += done.units
         if done.note:
             return blocksweep.SweepResult(False, longest, waits, done.note, rows, finished)
-        if holds is not None:
-            current = None  # re-read: a helper cannot change it, but be exact
 
 
 _RUN_STOPPED = "the run stopped (its leader stopped it or is gone) before its sweep was done"
@@ -480,6 +503,7 @@ def _work_unit(
     crew: Crew,
     sizer: blocksweep.BlockSizer,
     unit: workqueue.Unit,
+    reader: workqueue.SweepReader,
     holds: _Holds | _OwnHolds | None,
     table: str | None = None,
 ) -> blocksweep.SweepResult:
@@ -504,7 +528,7 @@ def _work_unit(
                         return blocksweep.SweepResult(False, longest, waits, _RUN_STOPPED, rows)
                     log.warning("unit %d: taken over by another worker; leaving it", unit.unit)
                     return blocksweep.SweepResult(True, longest, waits, "", rows)
-                sweep = workqueue.current_sweep(ctx.conn, ctx.run_id)
+                sweep = reader.read(ctx.conn)
                 if table is not None and sweep.table != table:
                     raise UsageError(
                         "this worker's events table (RETENTION_TABLE_EVENTS and its columns) "
@@ -512,7 +536,7 @@ def _work_unit(
                     )
                 if isinstance(holds, _Holds):  # the leader: for everyone
                     refreshed = holds.refresh(sweep)
-                    if refreshed != sweep:
+                    if refreshed is not sweep and refreshed != sweep:
                         workqueue.publish(ctx.conn, ctx.run_id, refreshed)
                         sweep = refreshed
                 elif holds is not None:  # another worker: for its own batch

@@ -655,7 +655,15 @@ def _sweep_rows(
     settings = worker.settings
     if conn.dialect.name != "postgresql" or settings.delete_strategy == "keyset":
         return None
-    candidates = blocksweep.sweepable(targets)
+    small: set[str] = set()
+    if settings.delete_strategy == "auto":
+        # Targets whose expired rows fit in one batch go grouped instead (several to a
+        # statement, one receipt each). Swept, a target with few rows spread over the heap
+        # gets a receipt in nearly every batch: with thousands of such targets (projects)
+        # each batch's bookkeeping outweighed its deletes, and the sizer then shrank the
+        # batches until nearly every row had a receipt of its own.
+        small = {t.key for t in grouped.eligible(targets, checkpoints, settings.batch_size)}
+    candidates = blocksweep.sweepable([t for t in targets if t.key not in small])
     if not candidates.targets:
         return None
     if settings.delete_strategy == "auto":
@@ -677,7 +685,8 @@ def _sweep_rows(
         blocks=settings.sweep_blocks, target=settings.batch_target_seconds
     )
     crew = bulk.Crew.for_this_process(settings)
-    return bulk.sweep_rows(ctx, targets, checkpoints, sizer, crew, earlier or {})
+    swept = [t for t in targets if t.key not in small]
+    return bulk.sweep_rows(ctx, swept, checkpoints, sizer, crew, earlier or {})
 
 
 def _after_sweep(ctx: BatchContext, target: Target, rows: bulk.RowSweep) -> TargetOutcome:

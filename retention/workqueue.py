@@ -36,6 +36,8 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
+    case,
     cast,
     column,
     delete,
@@ -218,6 +220,34 @@ def disown(conn: Connection) -> None:
 def current_sweep(conn: Connection, run_id: int) -> SweepSet:
     text_ = conn.execute(select(work.c.sweep).where(work.c.run_id == run_id)).scalar_one()
     return SweepSet.from_json(text_)
+
+
+class SweepReader:
+    """The run's published sweep for every batch of one worker, parsed again only when its
+    text changed: with thousands of targets the document is large, and parsing it in
+    every batch made the batches' fixed cost grow with the number of targets.
+
+    Keyed on the text's md5, not the revision: a sweep prepared afresh starts again at
+    revision 0."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self._digest: str | None = None
+        self._sweep: SweepSet | None = None
+
+    def read(self, conn: Connection) -> SweepSet:
+        digest = func.md5(work.c.sweep)
+        known = bindparam("known", self._digest, type_=Text)
+        found, text_ = conn.execute(
+            select(digest, case((digest == known, None), else_=work.c.sweep)).where(
+                work.c.run_id == self.run_id
+            )
+        ).one()
+        if text_ is not None:  # changed (or the first read)
+            self._sweep = SweepSet.from_json(text_)
+            self._digest = found
+        assert self._sweep is not None
+        return self._sweep
 
 
 def claim(conn: Connection, run_id: int, me: str, stale: timedelta) -> Unit | None:

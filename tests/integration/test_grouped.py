@@ -118,3 +118,42 @@ def test_a_locked_group_falls_back_to_one_target_at_a_time(pg_url: str, tmp_path
     again = purge(worker(pg_url, policy_dir))
     assert again.status is RunStatus.SUCCEEDED
     assert surviving_rows(engine) == expect.survivors(scenario)
+
+
+def test_auto_sweeps_large_targets_and_groups_small_ones(pg_url: str, tmp_path: Path) -> None:
+    """With the block sweep chosen, targets whose expired rows fit in one batch are not
+    swept but grouped (one receipt each): swept, a small target spread over the heap gets
+    a receipt in nearly every batch, and thousands of them (projects) made the sweep's
+    bookkeeping cost more than its deletes. The result is exact either way."""
+    scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=44)
+    survivors = expect.survivors(scenario)
+    expired: dict[str, int] = {}
+    for e in scenario.events:
+        if e["id"] not in survivors and e["object_type"] != "experiment":
+            key = f"{e['project_id']}/{e['object_type']}"
+            expired[key] = expired.get(key, 0) + 1
+    sizes = sorted(expired.values())
+    batch = sizes[len(sizes) // 2]
+    assert sizes[0] <= batch < sizes[-1], sizes
+    report = purge(
+        worker(
+            pg_url,
+            policy_dir,
+            batch_size=batch,
+            block_sweep_min_rows=0,
+            block_sweep_fraction=0,
+            sweep_blocks=2,
+        )
+    )
+
+    assert report.status is RunStatus.SUCCEEDED
+    assert surviving_rows(engine) == survivors
+    swept = {t for t, _, _, key in _delete_receipts(engine) if key.startswith("blocks ")}
+    assert swept == {key for key, n in expired.items() if n > batch}
+    by_target: dict[str, int] = {}
+    for target, _, n, _ in _delete_receipts(engine):
+        by_target[target] = by_target.get(target, 0) + n
+    for key, n in expired.items():
+        assert by_target[key] == n, key
+        if n <= batch:  # grouped: one receipt
+            assert sum(1 for t, *_ in _delete_receipts(engine) if t == key) == 1, key

@@ -296,3 +296,26 @@ def test_a_resumed_sweep_publishes_what_changed(pg_url: str, tmp_path: Path) -> 
             ).all()
             == units_before
         )
+
+
+def test_sweep_reader_sees_a_fresh_and_a_published_sweep(pg_url: str, tmp_path: Path) -> None:
+    """Workers parse the run's sweep again only when its text changed: a sweep prepared
+    afresh (other cutoffs, at revision 0 again) and a hold published (revision + 1) are
+    both seen at the next read; an unchanged sweep is the same object."""
+    _, _, engine, run_id = _stopped_sweep(pg_url, tmp_path)
+    reader = workqueue.SweepReader(run_id)
+    revision = "SELECT revision FROM retention_work WHERE run_id = %(r)s"
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql(revision, {"r": run_id}).scalar_one() == 0
+        first = reader.read(conn)
+        assert reader.read(conn) is first
+        assert first == workqueue.current_sweep(conn, run_id)
+        earlier = replace(first.targets[0], cutoff=first.targets[0].cutoff - timedelta(days=1))
+        fresh = replace(first, targets=(earlier,))
+        _, kept = workqueue.prepare(conn, run_id, fresh, end=10, unit_blocks=4)
+        assert not kept
+        assert conn.exec_driver_sql(revision, {"r": run_id}).scalar_one() == 0
+        assert reader.read(conn) == fresh
+        held = replace(fresh, held=fresh.held | {uuid4()})
+        workqueue.publish(conn, run_id, held)
+        assert reader.read(conn) == held
