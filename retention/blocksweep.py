@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
@@ -40,7 +40,7 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.types import DateTime, Text, UserDefinedType
 
 from .models import Hold, ObjectType, Resolution, Target
-from .tables import DataPlaneTables
+from .tables import DataPlaneTables, array_literal
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,9 @@ class SweepSet:
         """The targets' project ids, object types and cutoffs as array literals (the join's
         arrays): a list parameter is dumped element by element on every execution."""
         return (
-            _array_literal(str(t.project_id) for t in self.targets),
-            _array_literal(t.object_type.value for t in self.targets),
-            _array_literal(t.cutoff.isoformat() for t in self.targets),
+            array_literal(t.project_id for t in self.targets),
+            array_literal(t.object_type.value for t in self.targets),
+            array_literal(t.cutoff for t in self.targets),
         )
 
     @cached_property
@@ -251,14 +251,6 @@ def resolution_arrays(
         ),
         limits,
     )
-
-
-def _array_literal(values: Iterable[str]) -> str:
-    """A PostgreSQL array literal of ``values`` (UUIDs, object types, ISO timestamps: no
-    quote or backslash in them), each quoted."""
-    items = list(values)
-    assert not any('"' in v or "\\" in v for v in items)
-    return "{" + ",".join(f'"{v}"' for v in items) + "}"
 
 
 def target_arrays(sweep: SweepSet, limits: Sequence[int] | None = None) -> Any:

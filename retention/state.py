@@ -24,7 +24,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
-    DateTime,
     Engine,
     Float,
     ForeignKey,
@@ -33,7 +32,6 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
-    any_,
     bindparam,
     case,
     cast,
@@ -47,7 +45,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, OID
-from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
 from .db import Database
 from .errors import LockedError
@@ -560,8 +557,7 @@ def add_counts(
             select(checkpoints.c.target)
             .where(
                 checkpoints.c.run_id == run_id,
-                checkpoints.c.target
-                == any_(bindparam("locked", [k for k, _ in ordered], type_=ARRAY(Text))),
+                checkpoints.c.target.in_([k for k, _ in ordered]),
             )
             .order_by(checkpoints.c.target)
             .with_for_update()
@@ -596,66 +592,14 @@ def add_counts(
     conn.execute(statement, [{"key": k, "n": n} for k, n in ordered])
 
 
-# The element types of the receipt columns a batch writes, as unnest arrays (PostgreSQL).
-_RECEIPT_ARRAYS: dict[str, Any] = {
-    "project_id": PG_UUID(as_uuid=True),
-    "object_type": Text(),
-    "policy_source": Text(),
-    "retention_days": Float(),
-    "cutoff": DateTime(timezone=True),
-    "rows": BigInteger(),
-    "objects": BigInteger(),
-    "segments": BigInteger(),
-    "bytes": BigInteger(),
-    "action": Text(),
-    "first_key": Text(),
-    "last_key": Text(),
-    "keys_digest": Text(),
-}
-
-
 def add_receipts(
     conn: Connection, run_id: int, items: list[dict[str, Any]], *, clock: datetime
 ) -> None:
-    """Several receipts in one statement, in order.
-
-    On PostgreSQL one ``INSERT ... SELECT FROM unnest(arrays)``: a block sweep over
-    thousands of targets writes thousands of receipts a batch, and row-by-row inserts
-    cost more than the batch's deletes."""
-    if not items:
-        return
-    names = list(items[0])
-    if (
-        conn.dialect.name != "postgresql"
-        or not set(names) <= _RECEIPT_ARRAYS.keys()
-        or any(list(i) != names for i in items)
-    ):
+    """Several receipts in one statement."""
+    if items:
         conn.execute(
             insert(receipts), [{"run_id": run_id, "recorded_at": clock, **i} for i in items]
         )
-        return
-    if any(i.get("cutoff") is not None and i["cutoff"].tzinfo is None for i in items):
-        raise ValueError("timestamps must be timezone-aware datetimes")
-    rows = (
-        func.unnest(
-            *(
-                bindparam(f"r_{n}", [i[n] for i in items], type_=ARRAY(_RECEIPT_ARRAYS[n]))
-                for n in names
-            )
-        )
-        .table_valued(*names, with_ordinality="i")
-        .render_derived(name="retention_new")
-    )
-    conn.execute(
-        insert(receipts).from_select(
-            ["run_id", "recorded_at", *names],
-            select(
-                literal(run_id, BigInteger()),
-                literal(clock, UTCDateTime()),
-                *(rows.c[n] for n in names),
-            ).order_by(rows.c.i),
-        )
-    )
 
 
 def cursor_key(cursor: Cursor | None) -> str | None:
