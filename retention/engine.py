@@ -655,15 +655,16 @@ def _sweep_rows(
     settings = worker.settings
     if conn.dialect.name != "postgresql" or settings.delete_strategy == "keyset":
         return None
-    small: set[str] = set()
     if settings.delete_strategy == "auto":
-        # Targets whose expired rows fit in one batch go grouped instead (several to a
-        # statement, one receipt each). Swept, a target with few rows spread over the heap
-        # gets a receipt in nearly every batch: with thousands of such targets (projects)
-        # each batch's bookkeeping outweighed its deletes, and the sizer then shrank the
-        # batches until nearly every row had a receipt of its own.
-        small = {t.key for t in grouped.eligible(targets, checkpoints, settings.batch_size)}
-    candidates = blocksweep.sweepable([t for t in targets if t.key not in small])
+        # the largest targets only, each with enough rows per batch to carry its receipts
+        # (``blocksweep.worth_sweeping``); the rest go by index, small ones grouped
+        rows_types = [t for t in targets if t.object_type in blocksweep.ROW_TYPES]
+        worth = blocksweep.worth_sweeping(rows_types, settings.batch_target_seconds)
+        keys = {t.key for t in worth}
+        targets_swept = [t for t in targets if t.key in keys]
+    else:
+        targets_swept = list(targets)
+    candidates = blocksweep.sweepable(targets_swept)
     if not candidates.targets:
         return None
     if settings.delete_strategy == "auto":
@@ -685,8 +686,7 @@ def _sweep_rows(
         blocks=settings.sweep_blocks, target=settings.batch_target_seconds
     )
     crew = bulk.Crew.for_this_process(settings)
-    swept = [t for t in targets if t.key not in small]
-    return bulk.sweep_rows(ctx, swept, checkpoints, sizer, crew, earlier or {})
+    return bulk.sweep_rows(ctx, targets_swept, checkpoints, sizer, crew, earlier or {})
 
 
 def _after_sweep(ctx: BatchContext, target: Target, rows: bulk.RowSweep) -> TargetOutcome:

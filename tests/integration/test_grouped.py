@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from retention import blocksweep
 from retention.models import RunStatus
 from tests.conftest import engine_for
 from tests.integration.helpers import StopAfter, purge, worker
@@ -120,21 +122,39 @@ def test_a_locked_group_falls_back_to_one_target_at_a_time(pg_url: str, tmp_path
     assert surviving_rows(engine) == expect.survivors(scenario)
 
 
-def test_auto_sweeps_large_targets_and_groups_small_ones(pg_url: str, tmp_path: Path) -> None:
-    """With the block sweep chosen, targets whose expired rows fit in one batch are not
-    swept but grouped (one receipt each): swept, a small target spread over the heap gets
-    a receipt in nearly every batch, and thousands of them (projects) made the sweep's
-    bookkeeping cost more than its deletes. The result is exact either way."""
-    scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=44)
-    survivors = expect.survivors(scenario)
+def _expired_by_target(scenario: Any, survivors: set[str]) -> dict[str, int]:
     expired: dict[str, int] = {}
     for e in scenario.events:
         if e["id"] not in survivors and e["object_type"] != "experiment":
             key = f"{e['project_id']}/{e['object_type']}"
             expired[key] = expired.get(key, 0) + 1
-    sizes = sorted(expired.values())
-    batch = sizes[len(sizes) // 2]
-    assert sizes[0] <= batch < sizes[-1], sizes
+    return expired
+
+
+@pytest.mark.parametrize("limit", ["rows per receipt", "max targets"])
+def test_auto_sweeps_only_targets_worth_it(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    """With the block sweep chosen, only targets with enough expired rows per expected
+    batch, and at most SWEEP_MAX_TARGETS of the largest, are swept; the rest go by index
+    (grouped when small: one receipt each). Swept, a target with few rows spread over the
+    heap gets a receipt in nearly every batch, and thousands of them (projects) made each
+    batch's bookkeeping cost more than its deletes. The result is exact either way."""
+    scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=44)
+    survivors = expect.survivors(scenario)
+    expired = _expired_by_target(scenario, survivors)
+    ranked = sorted(expired, key=lambda k: (-expired[k], k))
+    if limit == "rows per receipt":  # one expected batch: at least the median's rows
+        median = expired[ranked[len(ranked) // 2]]
+        monkeypatch.setattr(blocksweep, "SWEEP_BATCH_ROWS", sum(expired.values()))
+        monkeypatch.setattr(blocksweep, "SWEEP_ROWS_PER_RECEIPT", median)
+        wanted = {k for k, n in expired.items() if n >= median}
+    else:
+        monkeypatch.setattr(blocksweep, "SWEEP_MAX_TARGETS", 2)
+        monkeypatch.setattr(blocksweep, "SWEEP_ROWS_PER_RECEIPT", 0)
+        wanted = set(ranked[:2])
+    assert 0 < len(wanted) < len(expired)
+    batch = sorted(expired.values())[len(expired) // 2]
     report = purge(
         worker(
             pg_url,
@@ -148,12 +168,13 @@ def test_auto_sweeps_large_targets_and_groups_small_ones(pg_url: str, tmp_path: 
 
     assert report.status is RunStatus.SUCCEEDED
     assert surviving_rows(engine) == survivors
-    swept = {t for t, _, _, key in _delete_receipts(engine) if key.startswith("blocks ")}
-    assert swept == {key for key, n in expired.items() if n > batch}
+    receipts = _delete_receipts(engine)
+    assert {t for t, _, _, key in receipts if key.startswith("blocks ")} == wanted
     by_target: dict[str, int] = {}
-    for target, _, n, _ in _delete_receipts(engine):
-        by_target[target] = by_target.get(target, 0) + n
+    for target, _, n, _ in receipts:
+        if not target.endswith("/experiment"):
+            by_target[target] = by_target.get(target, 0) + n
+    assert by_target == expired
     for key, n in expired.items():
-        assert by_target[key] == n, key
-        if n <= batch:  # grouped: one receipt
-            assert sum(1 for t, *_ in _delete_receipts(engine) if t == key) == 1, key
+        if key not in wanted and n <= batch:  # grouped: one receipt
+            assert sum(1 for t, *_ in receipts if t == key) == 1, key
