@@ -2,7 +2,7 @@
 
     python bench/bench_deleter.py [--rows 1000000] [--steady | --partitioned] [--repeat 2]
                                   [--fast] [--memory-only] [--workers N] [--connections N]
-                                  [--projects 50]
+                                  [--projects 50] [--blocks]
 
 Starts a throwaway PostgreSQL cluster (durable settings unless --fast), loads the reference
 schema with ROWS log rows of 50 projects (--projects) interleaved on the heap, `created`
@@ -17,6 +17,8 @@ one-statement DELETE measured in the same run, with the longest transaction of e
   --memory-only  only the peak RSS of `retention purge` (compare --rows 1000000 and 10000000)
   --workers N    the backlog purged by 1 worker against N (`retention join` helpers) on one run
   --connections N  also the backlog purged with RETENTION_SWEEP_CONNECTIONS=N (default 2)
+  --projects N   the rows spread over N projects (50): many small targets
+  --blocks       also the purge with every target swept (RETENTION_DELETE_STRATEGY=blocks)
 
 Also: the dry run against an exact grouped count(*) of the expired rows. Not part of the
 test command.
@@ -275,6 +277,13 @@ def _approaches(
                 lambda u: retention_purge(u, now, days, work, delete_strategy="keyset"),
             )
         )
+        if args.blocks:
+            approaches.append(
+                (
+                    "retention purge (blocks)",
+                    lambda u: retention_purge(u, now, days, work, delete_strategy="blocks"),
+                )
+            )
         if args.connections > 1 and not args.steady:
             approaches.append(
                 (
@@ -296,6 +305,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument(
         "--projects", type=int, default=PROJECTS, help="projects the rows are spread over"
+    )
+    parser.add_argument(
+        "--blocks", action="store_true", help="also the purge with RETENTION_DELETE_STRATEGY=blocks"
     )
     parser.add_argument("--fast", action="store_true", help="fsync off (not for the ratios)")
     parser.add_argument("--memory-only", action="store_true")
