@@ -205,12 +205,15 @@ def worth_sweeping(targets: Sequence[Target], target_seconds: float) -> list[Tar
     at most ``SWEEP_MAX_TARGETS``, largest first, each with at least
     ``SWEEP_ROWS_PER_RECEIPT`` expired rows per batch the sweep is expected to take. The
     rest go by index (grouped when small)."""
-    chosen = sorted(
+    candidates = sorted(
         (t for t in targets if t.resolution.cutoff is not None and t.counts.rows),
         key=lambda t: (-t.counts.rows, t.key),
-    )[:SWEEP_MAX_TARGETS]
-    expired = sum(t.counts.rows for t in chosen)
+    )
+    # the batches a sweep of them all would take (a sweep of fewer still passes the
+    # whole heap: counting only the chosen rows would lower the bar it is meant to set)
+    expired = sum(t.counts.rows for t in candidates)
     batches = max(1.0, expired / (SWEEP_BATCH_ROWS * max(target_seconds, 0.01) / 0.2))
+    chosen = candidates[:SWEEP_MAX_TARGETS]
     return [t for t in chosen if t.counts.rows >= SWEEP_ROWS_PER_RECEIPT * batches]
 
 
