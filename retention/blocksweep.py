@@ -192,11 +192,12 @@ class SweepSet:
 # machine) on top of its rows (about 1.5 us each). A target with few rows spread over
 # the heap gets a receipt in nearly every batch for a row or two, and thousands of
 # targets make each batch's bookkeeping outweigh its deletes (the sizer then shrinks the
-# batches, and it gets worse). Measured at 1M rows: 10,000 projects of 50 expired rows
-# went 7 s grouped against minutes swept; 1,000 projects of 500 went 2.5 s swept against
-# 7 s grouped; 50 projects of 10,000, 1.2 s swept.
+# batches, and it gets worse). Measured at 1M rows (bench/RESULTS.md, seventh session):
+# 10,000 projects of 50 expired rows, 6 s grouped against 30 s swept; 5,000 of 100, 4.7 s
+# grouped against 8.2 s with half of them swept at 5 rows a batch; 1,000 of 500, 2.6 s
+# swept against 5-7 s grouped; 50 of 10,000, 1.2 s swept.
 SWEEP_MAX_TARGETS = 2_500  # the largest this many at most: ~0.1 s of bookkeeping a batch
-SWEEP_ROWS_PER_RECEIPT = 5  # a swept target's expired rows per expected batch, at least
+SWEEP_ROWS_PER_RECEIPT = 20  # a swept target's expired rows per expected batch, at least
 SWEEP_BATCH_ROWS = 35_000  # rows a batch of 0.2 s deletes on a backlog (the benchmark's)
 
 
