@@ -327,3 +327,63 @@ def test_a_policy_folder_gone_during_the_run_stops_it(
     left = surviving_rows(engine_for(db_url))
     assert held <= left
     assert len(before - left) == 20  # the two batches before the folder went
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+def test_a_hold_added_during_a_block_sweep_stops_its_target_at_the_next_batch(
+    pg_url: str, tmp_path: Path, connections: int
+) -> None:
+    """The block sweep re-applies holds only when they change (a batch must not cost per
+    target of the run): a hold that arrives mid-sweep still takes its target out of every
+    later batch, on the leader's connection and a helper's. The held project keeps every
+    expired row the batches before the hold did not reach; the other goes entirely."""
+    scenario = generate(66, projects=2, events=1500)
+    held, other = sorted(scenario.project_ids())
+    insert(engine_for(pg_url), scenario)
+    policies = write_policies(tmp_path / "p", policy_toml(defaults={"project_logs": 5}))
+    expired = {
+        p: {
+            e["id"]
+            for e in scenario.events
+            if e["project_id"] == p
+            and e["object_type"] == "project_logs"
+            and e["created"] < NOW - timedelta(days=5)
+        }
+        for p in (held, other)
+    }
+    calls = {"n": 0}
+
+    def add_hold_after_some_batches() -> bool:
+        calls["n"] += 1
+        if calls["n"] == 6:
+            (policies / "legal.toml").write_text(
+                f'[[holds]]\nproject = "{held}"\nreason = "legal matter arrived mid-run"\n'
+            )
+        return False
+
+    report = purge(
+        worker(
+            pg_url,
+            policies,
+            delete_strategy="blocks",
+            sweep_blocks=1,
+            sweep_unit_blocks=4,
+            sweep_connections=connections,
+            batch_target_seconds=0.0001,  # the sizer stays at one block a batch
+            should_stop=add_hold_after_some_batches,
+        )
+    )
+    assert report.status is RunStatus.SUCCEEDED
+    by_target = {
+        (o.target.project_id, o.target.object_type): o
+        for o in report.outcomes
+        if o.target.object_type == "project_logs"
+    }
+    outcome = by_target[(held, "project_logs")]
+    assert outcome.note == "held during the run: legal matter arrived mid-run"
+    left = surviving_rows(engine_for(pg_url))
+    gone = expired[held] - left
+    assert 0 < len(gone) < len(expired[held]) // 2  # a few batches, then nothing more
+    assert outcome.rows == len(gone)
+    assert by_target[(other, "project_logs")].rows == len(expired[other])
+    assert not expired[other] & left
