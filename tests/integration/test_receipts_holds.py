@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
@@ -204,12 +205,14 @@ expires = 2020-01-01
     assert everything[2]["reason"] == "old matter"
 
 
-def test_a_hold_added_during_the_run_stops_that_target_at_the_next_batch(
-    db_url: str, tmp_path: Path
-) -> None:
-    scenario = generate(64, projects=2, events=1200)
+def _two_projects(
+    url: str, tmp_path: Path, seed: int, events: int, hold_at: int
+) -> tuple[UUID, UUID, Path, dict[UUID, set[str]], Callable[[], bool]]:
+    """Two projects' logs expiring after 5 days: (held, other, policy folder, expired ids
+    by project, a should_stop that writes a hold on ``held`` at its ``hold_at``-th call)."""
+    scenario = generate(seed, projects=2, events=events)
     held, other = sorted(scenario.project_ids())  # targets run in project order: held first
-    insert(engine_for(db_url), scenario)
+    insert(engine_for(url), scenario)
     policies = write_policies(tmp_path / "p", policy_toml(defaults={"project_logs": 5}))
     expired = {
         p: {
@@ -223,13 +226,24 @@ def test_a_hold_added_during_the_run_stops_that_target_at_the_next_batch(
     }
     calls = {"n": 0}
 
-    def add_hold_after_two_batches() -> bool:
+    def add_hold() -> bool:
         calls["n"] += 1
-        if calls["n"] == 3:  # the first target has done two batches: a hold arrives
+        if calls["n"] == hold_at:
             (policies / "legal.toml").write_text(
                 f'[[holds]]\nproject = "{held}"\nreason = "legal matter arrived mid-run"\n'
             )
         return False
+
+    return held, other, policies, expired, add_hold
+
+
+def test_a_hold_added_during_the_run_stops_that_target_at_the_next_batch(
+    db_url: str, tmp_path: Path
+) -> None:
+    # at the third check the first target has done two batches: a hold arrives
+    held, other, policies, expired, add_hold_after_two_batches = _two_projects(
+        db_url, tmp_path, 64, 1200, hold_at=3
+    )
 
     report = purge(worker(db_url, policies, batch_size=10, should_stop=add_hold_after_two_batches))
     assert report.status is RunStatus.SUCCEEDED
@@ -337,29 +351,9 @@ def test_a_hold_added_during_a_block_sweep_stops_its_target_at_the_next_batch(
     target of the run): a hold that arrives mid-sweep still takes its target out of every
     later batch, on the leader's connection and a helper's. The held project keeps every
     expired row the batches before the hold did not reach; the other goes entirely."""
-    scenario = generate(66, projects=2, events=1500)
-    held, other = sorted(scenario.project_ids())
-    insert(engine_for(pg_url), scenario)
-    policies = write_policies(tmp_path / "p", policy_toml(defaults={"project_logs": 5}))
-    expired = {
-        p: {
-            e["id"]
-            for e in scenario.events
-            if e["project_id"] == p
-            and e["object_type"] == "project_logs"
-            and e["created"] < NOW - timedelta(days=5)
-        }
-        for p in (held, other)
-    }
-    calls = {"n": 0}
-
-    def add_hold_after_some_batches() -> bool:
-        calls["n"] += 1
-        if calls["n"] == 6:
-            (policies / "legal.toml").write_text(
-                f'[[holds]]\nproject = "{held}"\nreason = "legal matter arrived mid-run"\n'
-            )
-        return False
+    held, other, policies, expired, add_hold_after_some_batches = _two_projects(
+        pg_url, tmp_path, 66, 1500, hold_at=6
+    )
 
     report = purge(
         worker(
