@@ -672,9 +672,7 @@ def _sweep_rows(
             _, estimate = partitions.heap_size(conn, worker.tables)
         # before any ANALYZE the estimate is 0: the plan's own counts are a lower bound
         table_rows = max(estimate, sum(t.counts.total_rows for t in targets))
-        keys = {t.key for t in candidates.targets}
-        expired = sum(t.counts.rows for t in targets if t.key in keys) - dropped
-        share = expired / max(table_rows, expired, 1)
+        share = sweep_share(targets, {t.key for t in candidates.targets}, dropped, table_rows)
         if table_rows < settings.block_sweep_min_rows:
             log.info("keyset batches: a small table (%d rows)", table_rows)
             return None
@@ -687,6 +685,16 @@ def _sweep_rows(
     )
     crew = bulk.Crew.for_this_process(settings)
     return bulk.sweep_rows(ctx, targets_swept, checkpoints, sizer, crew, earlier or {})
+
+
+def sweep_share(targets: Sequence[Target], swept: set[str], dropped: int, table_rows: int) -> float:
+    """The share of the table a sweep of the ``swept`` targets deletes: their planned
+    rows, less their part of the ``dropped`` rows (gone with whole partitions, counted over
+    every target; the swept ones' part taken in proportion to their planned rows)."""
+    every = sum(t.counts.rows for t in targets if t.resolution.cutoff is not None)
+    mine = sum(t.counts.rows for t in targets if t.key in swept)
+    expired = max(mine - dropped * mine / every, 0.0) if every else 0.0
+    return expired / max(table_rows, expired, 1)
 
 
 def _after_sweep(ctx: BatchContext, target: Target, rows: bulk.RowSweep) -> TargetOutcome:

@@ -92,7 +92,7 @@ def _array_element(value: Any) -> str:
     if isinstance(value, bool):
         raise TypeError("no booleans in array literals")
     if isinstance(value, datetime):
-        if value.tzinfo is None:
+        if value.utcoffset() is None:  # naive, or a tzinfo without an offset
             raise ValueError("timestamps must be timezone-aware datetimes")
         value = value.isoformat()
     elif isinstance(value, int | float):
