@@ -793,3 +793,35 @@ def test_an_object_hold_naming_the_wrong_project_still_keeps_the_object() -> Non
     resolved = resolve([PolicySet(source="s", rules=rules, holds=(hold,))], [actual], now)
     assert resolved.get(actual, ObjectType.EXPERIMENT).held_object_ids == {experiment}
     assert resolved.get(actual, ObjectType.DATASET).held_object_ids == frozenset()
+
+
+def test_thousands_of_projects_each_get_their_own_rules_in_source_order() -> None:
+    """An org with an automation per project: each target's candidates are the org rules
+    and its own, in the order the sources gave them (rules are looked up by target, not
+    scanned for each one), and an object hold reaches every target of its type."""
+    projects = [UUID(int=i + 1) for i in range(3_000)]
+    default = RetentionRule(ObjectType.PROJECT_LOGS, 90, SourceKind.LOCAL_DEFAULT, "d.toml")
+    own = {
+        p: RetentionRule(
+            ObjectType.PROJECT_LOGS, 10 + i % 50, SourceKind.PROJECT_AUTOMATION, f"a{i}", p
+        )
+        for i, p in enumerate(projects)
+    }
+    late = RetentionRule(ObjectType.PROJECT_LOGS, 95, SourceKind.ORG_AUTOMATION, "org")
+    rules = (own[projects[0]], default, *list(own.values())[1:], late)
+    object_hold = Hold(projects[7], "audit", "h.toml", ObjectType.DATASET, OBJ)
+    whole = Hold(projects[9], "legal", "h.toml")
+    policy = PolicySet("x", rules=rules, holds=(object_hold, whole))
+    resolved = resolve([policy], projects, NOW, min_retention_days=1)
+    assert len(resolved.resolutions) == 3 * len(projects)
+    by_key = {(r.project_id, r.object_type): r for r in resolved.resolutions}
+    for i, p in enumerate(projects):
+        logs = by_key[(p, ObjectType.PROJECT_LOGS)]
+        expected = (own[p], default, late) if i == 0 else (default, own[p], late)
+        assert logs.candidates == expected
+        assert logs.winner == own[p]  # a hold on the target keeps it whatever wins
+        assert logs.hold == (whole if i == 9 else None)
+        assert logs.cutoff == (None if i == 9 else NOW - timedelta(days=10 + i % 50))
+        assert by_key[(p, ObjectType.DATASET)].object_holds == (object_hold,)
+        assert by_key[(p, ObjectType.DATASET)].candidates == ()
+        assert by_key[(p, ObjectType.EXPERIMENT)].object_holds == ()
