@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -476,20 +477,27 @@ def _count_row_targets(
     ev = tables.events
     arrays = resolution_arrays(chosen)
     of_target = and_(ev.c.project_id == arrays.c.p, ev.c.object_type == arrays.c.ty)
+    newest = newest_of(chosen)
     expired = (
-        select(func.count().label("rows"), func.min(ev.c.created).label("oldest")).where(
-            of_target, ev.c.created < arrays.c.cut, up_to(ev, newest_of(chosen))
-        )
+        select(
+            (func.count().filter(up_to(ev, newest)) if newest is not None else func.count()).label(
+                "rows"
+            ),
+            func.count().label("every"),  # with rows after a reviewed plan's newest
+            func.min(ev.c.created).label("oldest"),
+        ).where(of_target, ev.c.created < arrays.c.cut)
     ).lateral("retention_c")
     found: dict[tuple[UUID, str], TargetCounts] = {}
     rows_of: dict[tuple[UUID, str], int] = {}
+    every_of: dict[tuple[UUID, str], int] = {}
     oldest_of: dict[tuple[UUID, str], datetime | None] = {}
-    for project_id, object_type, rows, first in conn.execute(
-        select(arrays.c.p, arrays.c.ty, expired.c.rows, expired.c.oldest)
+    for project_id, object_type, rows, every, first in conn.execute(
+        select(arrays.c.p, arrays.c.ty, expired.c.rows, expired.c.every, expired.c.oldest)
         .select_from(arrays)
         .join(expired, true())
     ):
         rows_of[(project_id, object_type)] = int(rows)
+        every_of[(project_id, object_type)] = int(every)
         oldest_of[(project_id, object_type)] = first
     files = segment_rows or {}
     limits = [
@@ -528,10 +536,139 @@ def _count_row_targets(
         key = (project_id, object_type)
         found[key] = TargetCounts(
             rows=rows_of[key],
-            total_rows=rows_of[key] + int(counted),
+            total_rows=every_of[key] + int(counted),
             total_exact=int(counted) < int(limit),
-            oldest_row=oldest_of[key] if rows_of[key] else oldest_kept,
+            oldest_row=oldest_of[key] if every_of[key] else oldest_kept,
         )
+    return found
+
+
+def experiment_batchable(resolutions: Sequence[Resolution]) -> list[Resolution]:
+    """Experiment targets with a cutoff, no held or kept-whole objects, no reviewed list of
+    experiments and not orphans (their unregistered rows go too): counted all at once."""
+    return [
+        r
+        for r in resolutions
+        if r.cutoff is not None
+        and r.object_type is ObjectType.EXPERIMENT
+        and not r.held_object_ids
+        and r.reviewed_objects is None
+        and (r.winner is None or r.winner.kind is not SourceKind.ORPHAN)
+    ]
+
+
+def count_experiment_targets(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> dict[tuple[UUID, str], TargetCounts]:
+    """``count_target`` for many experiment targets in three statements (PostgreSQL): their
+    registries, their rows, and the rows of their expired experiments, each one join
+    against the targets' arrays (at 10,000 projects a statement per target made the plan
+    take 40 s)."""
+    chosen = experiment_batchable(resolutions)
+    if not chosen:
+        return {}
+    ev, ob = tables.events, tables.objects
+    kind = ObjectType.EXPERIMENT.value
+    t = resolution_arrays(chosen)
+    registry = (
+        select(
+            t.c.p,
+            func.count().filter(ob.c.created < t.c.cut),
+            func.count(),
+        )
+        .select_from(t)
+        .join(ob, and_(ob.c.project_id == t.c.p, ob.c.object_type == kind))
+        .group_by(t.c.p)
+    )
+    rows = (
+        select(t.c.p, func.count(), func.min(ev.c.created))
+        .select_from(t)
+        .join(ev, and_(ev.c.project_id == t.c.p, ev.c.object_type == kind))
+        .group_by(t.c.p)
+    )
+    # the rows of each target's expired experiments (``expired_experiments``): distinct
+    # registry ids, so the count is the IN of the one-target form whatever the registry holds
+    gone = (
+        select(ob.c.project_id, ob.c.object_id)
+        .distinct()
+        .select_from(t)
+        .join(ob, and_(ob.c.project_id == t.c.p, ob.c.object_type == kind))
+        .where(ob.c.created < t.c.cut)
+        .subquery("retention_gone")
+    )
+    expired = (
+        select(gone.c.project_id, func.count())
+        .select_from(gone)
+        .join(
+            ev,
+            and_(
+                ev.c.object_type == kind,
+                ev.c.object_id == gone.c.object_id,
+                ev.c.project_id == gone.c.project_id,
+            ),
+        )
+        .where(up_to(ev, newest_of(chosen)))
+        .group_by(gone.c.project_id)
+    )
+    objects = {p: (int(n), int(total)) for p, n, total in conn.execute(registry)}
+    totals = {p: (int(n), oldest) for p, n, oldest in conn.execute(rows)}
+    of_expired = {p: int(n) for p, n in conn.execute(expired)}
+    found = {}
+    for r in chosen:
+        n, registered = objects.get(r.project_id, (0, 0))
+        total, oldest = totals.get(r.project_id, (0, None))
+        found[(r.project_id, kind)] = TargetCounts(
+            rows=of_expired.get(r.project_id, 0),
+            total_rows=total,
+            objects=n,
+            oldest_row=oldest,
+            total_objects=registered,
+        )
+    return found
+
+
+def count_kept_targets(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> dict[tuple[UUID, str], TargetCounts]:
+    """``count_target`` for many targets that expire nothing (held whole, or with an object
+    hold and no rule) and hold no object of theirs, in one statement (PostgreSQL): their
+    rows and the oldest."""
+    chosen = [r for r in resolutions if r.cutoff is None and not r.held_object_ids]
+    if not chosen:
+        return {}
+    ev = tables.events
+    # the arrays need a cutoff: the run's now, which nothing here compares with
+    t = resolution_arrays([replace(r, cutoff=r.now) for r in chosen])
+    query = (
+        select(t.c.p, t.c.ty, func.count(), func.min(ev.c.created))
+        .select_from(t)
+        .join(ev, and_(ev.c.project_id == t.c.p, ev.c.object_type == t.c.ty))
+        .group_by(t.c.p, t.c.ty)
+    )
+    found = {(r.project_id, r.object_type.value): TargetCounts() for r in chosen}
+    for project_id, object_type, total, oldest in conn.execute(query):
+        found[(project_id, object_type)] = TargetCounts(total_rows=int(total), oldest_row=oldest)
+    return found
+
+
+def held_pairs(
+    conn: Connection, tables: DataPlaneTables, object_ids: Iterable[UUID]
+) -> set[tuple[UUID, str]]:
+    """The (project, object type) pairs with a row, a segment or a registry entry of any of
+    these objects: the only targets an object hold changes (object ids are unique, so a
+    hold of the whole org's applies to every target but has something to keep in few)."""
+    ids = sorted(set(object_ids))
+    if not ids:
+        return set()
+    types = [t.value for t in ObjectType]  # leads the events and registry indexes
+    found: set[tuple[UUID, str]] = set()
+    for source in (tables.events, tables.segments, tables.objects):
+        query = (
+            select(source.c.project_id, source.c.object_type)
+            .where(source.c.object_type.in_(types), source.c.object_id.in_(ids))
+            .distinct()
+        )
+        found.update((p, str(ty)) for p, ty in conn.execute(query))
     return found
 
 

@@ -165,22 +165,35 @@ def build_plan(
     if newest_row is not None:
         resolutions = [replace(r, newest_row=newest_row) for r in resolutions]
     resolutions, misfiled = _keep_misfiled(conn, tables, resolutions)
-    many = conn.dialect.name == "postgresql"  # all logs and dataset targets at once
-    files = segments.count_many(conn, tables, resolutions) if many else {}
+    many = conn.dialect.name == "postgresql"  # most targets at once, not one by one
+    counted = _counted_as(conn, tables, resolutions) if many else resolutions
+    files = (
+        {
+            **segments.count_many(conn, tables, counted),
+            **segments.count_experiments(conn, tables, counted),
+        }
+        if many
+        else {}
+    )
     rows = (
-        dataplane.count_row_targets(
-            conn,
-            tables,
-            resolutions,
-            max_fraction,
-            helper,
-            {key: (f.expired_rows, f.total_rows) for key, f in files.items()},
-        )
+        {
+            **dataplane.count_row_targets(
+                conn,
+                tables,
+                counted,
+                max_fraction,
+                helper,
+                {key: (f.expired_rows, f.total_rows) for key, f in files.items()},
+            ),
+            **dataplane.count_experiment_targets(conn, tables, counted),
+            **dataplane.count_kept_targets(conn, tables, counted),
+        }
         if many
         else {}
     )
     targets = tuple(
-        Target(resolution=r, counts=_counts(conn, tables, r, rows, files)) for r in resolutions
+        Target(resolution=r, counts=_counts(conn, tables, c, rows, files))
+        for r, c in zip(resolutions, counted, strict=True)
     )
     orphan_rows = dataplane.rows_by_project(conn, tables, sorted(orphans))
     orphan_segments = segments.by_project(conn, tables, sorted(orphans))
@@ -201,6 +214,24 @@ def build_plan(
         warnings=tuple(warnings),
         unused_segments=segments.unused_summary(conn, tables, clock or now, grace, resolutions),
     )
+
+
+def _counted_as(
+    conn: Connection, tables: DataPlaneTables, resolutions: list[Resolution]
+) -> list[Resolution]:
+    """The resolutions to count by (PostgreSQL): without their object holds where none of
+    the held objects has a row, a segment or a registry entry in the target. An object hold
+    applies to every target of its type, and a target with held objects is counted on its
+    own; with the holds' objects in a few targets, the rest are counted together (the
+    same counts: a hold with nothing in the target excludes nothing)."""
+    held = {i for r in resolutions for h in r.object_holds if (i := h.object_id) is not None}
+    present = dataplane.held_pairs(conn, tables, held)
+    return [
+        r
+        if not r.object_holds or (r.project_id, r.object_type.value) in present
+        else replace(r, object_holds=())
+        for r in resolutions
+    ]
 
 
 def _counts(

@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     case,
     delete,
+    exists,
     false,
     func,
     not_,
@@ -31,7 +32,13 @@ from sqlalchemy import (
 )
 
 from .blocksweep import resolution_arrays
-from .dataplane import batchable, canonical_time, expired_experiments, not_held
+from .dataplane import (
+    batchable,
+    canonical_time,
+    experiment_batchable,
+    expired_experiments,
+    not_held,
+)
 from .models import Hold, ObjectType, Resolution, UnusedSegments
 from .tables import DataPlaneTables
 
@@ -236,6 +243,46 @@ def count_many(
         found[(project_id, object_type)] = SegmentCounts(
             int(files), int(size), int(straddle), int(rows), int(total)
         )
+    return found
+
+
+def count_experiments(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> dict[tuple[UUID, str], SegmentCounts]:
+    """``count`` for many experiment targets (``experiment_batchable``) in one statement
+    (PostgreSQL): a live segment expires with its experiment's registry entry, or when no
+    registry has its experiment (``expired``)."""
+    chosen = experiment_batchable(resolutions)
+    if not chosen:
+        return {}
+    sg, ob = tables.segments, tables.objects
+    kind = ObjectType.EXPERIMENT.value
+    t = resolution_arrays(chosen)
+    entry = ob.alias("retention_entry")
+    gone = or_(
+        exists().where(
+            ob.c.object_type == kind,
+            ob.c.object_id == sg.c.object_id,
+            ob.c.project_id == t.c.p,
+            ob.c.created < t.c.cut,
+        ),
+        ~exists().where(entry.c.object_type == kind, entry.c.object_id == sg.c.object_id),
+    )
+    query = (
+        select(
+            t.c.p,
+            func.count().filter(gone),
+            func.coalesce(func.sum(sg.c.byte_size).filter(gone), 0),
+            func.coalesce(func.sum(sg.c.row_count).filter(gone), 0),
+            func.coalesce(func.sum(sg.c.row_count), 0),
+        )
+        .select_from(t)
+        .join(sg, and_(sg.c.project_id == t.c.p, sg.c.object_type == kind, sg.c.state == LIVE))
+        .group_by(t.c.p)
+    )
+    found = {(r.project_id, kind): SegmentCounts() for r in chosen}
+    for project_id, files, size, rows, total in conn.execute(query):
+        found[(project_id, kind)] = SegmentCounts(int(files), int(size), 0, int(rows), int(total))
     return found
 
 

@@ -1,0 +1,181 @@
+"""On PostgreSQL the plan counts most targets in a few statements, not one by one: logs
+and datasets (``count_row_targets``, ``segments.count_many``), experiments
+(``count_experiment_targets``, ``segments.count_experiments``), and targets an object hold
+applies to but has nothing in (``planner._counted_as``). Every count must equal the
+one-target form's (``count_target`` and ``segments.count`` with the target's own
+resolution), on data with experiments at and around the cutoff, unregistered and misfiled
+ones, held objects, live and unused segments, and a reviewed plan's newest row."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from retention import dataplane, planner
+from retention.db import make_engine, parse_database_url, snapshot
+from retention.models import ObjectType
+from tests.conftest import engine_for
+from tests.integration.helpers import worker, write_policies
+from tests.support import NOW, Scenario, insert, policy_toml
+
+CUTOFF_DAYS = 30
+
+
+def _id(rng: random.Random) -> UUID:
+    return UUID(int=rng.getrandbits(128), version=4)
+
+
+def _when(rng: random.Random) -> object:
+    """A time before, at or after the cutoff (the boundary itself is drawn often)."""
+    cutoff = NOW - timedelta(days=CUTOFF_DAYS)
+    return rng.choice(
+        [
+            cutoff,
+            cutoff - timedelta(microseconds=1),
+            cutoff + timedelta(microseconds=1),
+            cutoff - timedelta(days=rng.randint(1, 300)),
+            cutoff + timedelta(days=rng.randint(1, 29)),
+        ]
+    )
+
+
+def _world(seed: int) -> tuple[Scenario, list[UUID], list[dict[str, str]]]:
+    rng = random.Random(seed)
+    s = Scenario()
+    projects = [_id(rng) for _ in range(7)]
+    held: list[dict[str, str]] = []
+    experiments: list[tuple[UUID, UUID]] = []
+    for project in projects:
+        s.add_object("project_logs", project, project, NOW - timedelta(days=400))
+        dataset = _id(rng)
+        s.add_object("dataset", dataset, project, NOW - timedelta(days=400))
+        for _ in range(rng.randint(0, 6)):
+            s.add_event("project_logs", project, project, _when(rng))  # type: ignore[arg-type]
+            s.add_event("dataset", dataset, project, _when(rng))  # type: ignore[arg-type]
+        for _ in range(rng.randint(0, 4)):
+            experiment = _id(rng)
+            experiments.append((project, experiment))
+            registered = rng.random() < 0.8
+            if registered:
+                s.add_object("experiment", experiment, project, _when(rng))  # type: ignore[arg-type]
+            for _ in range(rng.randint(0, 4)):
+                s.add_event("experiment", experiment, project, _when(rng))  # type: ignore[arg-type]
+            for _ in range(rng.randint(0, 2)):
+                low = _when(rng)
+                s.add_segment(
+                    "experiment",
+                    experiment,
+                    project,
+                    low,  # type: ignore[arg-type]
+                    max(low, _when(rng)),  # type: ignore[type-var]
+                    size=rng.randint(1, 10_000),
+                    state=rng.choice(["live", "live", "unused"]),
+                    unused_at=None,
+                )
+        for object_type, object_id in (("project_logs", project), ("dataset", dataset)):
+            for _ in range(rng.randint(0, 2)):
+                low = _when(rng)
+                s.add_segment(
+                    object_type,
+                    object_id,
+                    project,
+                    low,  # type: ignore[arg-type]
+                    max(low, _when(rng)),  # type: ignore[type-var]
+                    size=rng.randint(1, 10_000),
+                )
+        if rng.random() < 0.3:
+            held.append(
+                {
+                    "project": str(project),
+                    "object_type": "dataset",
+                    "object_id": str(dataset),
+                    "reason": "audit",
+                }
+            )
+    if experiments:
+        # a held experiment, and one with rows filed under another project (kept whole)
+        project, experiment = rng.choice(experiments)
+        held.append(
+            {
+                "project": str(project),
+                "object_type": "experiment",
+                "object_id": str(experiment),
+                "reason": "legal",
+            }
+        )
+        project, experiment = rng.choice(experiments)
+        other = next(p for p in projects if p != project)
+        s.add_event("experiment", experiment, other, _when(rng))  # type: ignore[arg-type]
+    held.append(
+        {
+            "project": str(projects[0]),
+            "object_type": "experiment",
+            "object_id": str(_id(rng)),
+            "reason": "nothing of it here",
+        }
+    )
+    held.append({"project": str(projects[1]), "reason": "the whole project"})
+    for i, row in enumerate(s.segments):
+        if row["state"] == "unused":
+            row["unused_at"] = NOW - timedelta(days=i % 3)
+    return s, projects, held
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("reviewed", [False, True])
+def test_every_batched_count_is_the_one_target_count(
+    pg_url: str, tmp_path: Path, seed: int, reviewed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario, projects, holds = _world(seed)
+    insert(engine_for(pg_url), scenario)
+    days = {"project_logs": CUTOFF_DAYS, "experiment": CUTOFF_DAYS, "dataset": CUTOFF_DAYS}
+    shorter = [(projects[2], {"experiment": 10, "dataset": 400})]
+    policies = write_policies(tmp_path / "p", policy_toml(days, shorter, holds))
+    w = worker(pg_url, policies)
+    one_by_one: list[str] = []
+    count_target = dataplane.count_target
+
+    def counted_alone(conn, tables, resolution):  # type: ignore[no-untyped-def]
+        one_by_one.append(f"{resolution.project_id}/{resolution.object_type}")
+        return count_target(conn, tables, resolution)
+
+    engine = make_engine(parse_database_url(pg_url), read_only=True)
+    try:
+        with engine.connect() as conn, snapshot(conn):
+            newest = dataplane.newest_row(conn, w.tables) // 2 if reviewed else None
+            monkeypatch.setattr(dataplane, "count_target", counted_alone)
+            plan = planner.build_plan(
+                conn,
+                w.tables,
+                w.load_policies(),
+                NOW,
+                min_retention_days=None,
+                newest_row=newest,
+            )
+            monkeypatch.undo()
+            ids = {h.object_id for t in plan.targets for h in t.resolution.object_holds}
+            present = dataplane.held_pairs(conn, w.tables, {i for i in ids if i})
+            alone = {
+                t.key: planner._counts(conn, w.tables, t.resolution, {}, {}) for t in plan.targets
+            }
+    finally:
+        engine.dispose()
+    assert len(plan.targets) == 3 * len(projects)
+    for target in plan.targets:
+        assert target.counts == alone[target.key], (target.key, target.counts)
+    # only targets with held or misfiled objects in them were counted on their own
+    assert sorted(one_by_one) == sorted(
+        t.key
+        for t in plan.targets
+        if (t.resolution.project_id, t.resolution.object_type.value) in present
+        or t.resolution.kept_whole
+    )
+    assert 0 < len(one_by_one) < len(plan.targets) / 2
+    assert sum(t.counts.rows for t in plan.targets) > 0
+    assert any(
+        t.counts.objects and t.resolution.object_type is ObjectType.EXPERIMENT for t in plan.targets
+    )
