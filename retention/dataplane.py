@@ -828,9 +828,10 @@ def rows_left(
 def with_rows_left(
     conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
 ) -> set[tuple[UUID, str]]:
-    """The logs and dataset targets (no object holds) that still have an expired row, in
-    one statement: ``rows_left`` for a group whose short batches started at the front."""
-    chosen = batchable(resolutions)
+    """The logs and dataset targets (``groupable``) that still have an expired row not
+    held, in one statement: ``rows_left`` for a group whose short batches started at the
+    front."""
+    chosen = _logs_group(resolutions)
     if not chosen:
         return set()
     ev = tables.events
@@ -842,6 +843,7 @@ def with_rows_left(
             ev.c.object_type == arrays.c.ty,
             ev.c.created < arrays.c.cut,
             up_to(ev, newest_of(chosen)),
+            not_held(ev.c.object_id, _held_in(chosen)),
         )
         .exists()
     )
@@ -852,18 +854,20 @@ def delete_group(
     conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution], limit: int
 ) -> dict[tuple[UUID, str], BatchResult]:
     """Delete the first ``limit`` expired rows (keyset order) of each of several logs or
-    dataset targets without object holds, in one statement (PostgreSQL).
+    dataset targets (``groupable``; rows of held objects kept), in one statement
+    (PostgreSQL).
 
     For a daily run's many small targets: one statement and one transaction instead of one
     of each per target. Each target's rows are picked from its index range (a LATERAL
     ``LIMIT``), and the DELETE re-checks each row against its own target's cutoff, as
     ``delete_batch`` does. Targets with nothing to delete are missing from the result.
     """
-    chosen = batchable(resolutions)
-    assert len(chosen) == len(resolutions), "only logs and dataset targets without holds"
+    chosen = _logs_group(resolutions)
+    assert len(chosen) == len(resolutions), "only groupable logs and dataset targets"
     if not chosen:
         return {}
     ev = tables.events
+    held = _held_in(chosen)
     arrays = resolution_arrays(chosen, [limit] * len(chosen))
     first = (
         select(ev.c.sequence_id)
@@ -872,6 +876,7 @@ def delete_group(
             ev.c.object_type == arrays.c.ty,
             ev.c.created < arrays.c.cut,
             up_to(ev, newest_of(chosen)),
+            not_held(ev.c.object_id, held),
         )
         .order_by(ev.c.created, ev.c.sequence_id)
         .limit(arrays.c.k)
@@ -893,6 +898,7 @@ def delete_group(
             ev.c.project_id == picked.c.p,
             ev.c.object_type == picked.c.ty,
             ev.c.created < picked.c.cut,
+            not_held(ev.c.object_id, held),
         )
         .returning(picked.c.i, ev.c.created, ev.c.sequence_id)
     )
@@ -910,6 +916,211 @@ def delete_group(
             digest=keys_digest(s for _, s in rows),
         )
     return found
+
+
+def groupable(resolutions: Sequence[Resolution]) -> list[Resolution]:
+    """Targets the grouped deletes take (``delete_group``, ``delete_experiment_group``):
+    a cutoff, no experiments kept whole or reviewed, and no orphan's experiments (their
+    unregistered rows go too). Object holds are allowed: a group's statements keep every
+    object held in any of its targets (an object hold applies to every target of its type,
+    and object ids are unique, so this keeps nothing the one-target form would delete)."""
+    return [
+        r
+        for r in resolutions
+        if r.cutoff is not None
+        and not r.kept_whole
+        and r.reviewed_objects is None
+        and not (
+            r.object_type is ObjectType.EXPERIMENT
+            and r.winner is not None
+            and r.winner.kind is SourceKind.ORPHAN
+        )
+    ]
+
+
+def _held_in(resolutions: Sequence[Resolution]) -> frozenset[UUID]:
+    return frozenset().union(*(r.held_object_ids for r in resolutions))
+
+
+def _logs_group(resolutions: Sequence[Resolution]) -> list[Resolution]:
+    return [r for r in groupable(resolutions) if r.object_type is not ObjectType.EXPERIMENT]
+
+
+def _experiment_group(resolutions: Sequence[Resolution]) -> list[Resolution]:
+    return [r for r in groupable(resolutions) if r.object_type is ObjectType.EXPERIMENT]
+
+
+def _expired_ids_of(
+    tables: DataPlaneTables, source: Any, p: Any, cut: Any, held: frozenset[UUID]
+) -> Select[tuple[UUID]]:
+    """The registry's expired experiments of project ``p`` at cutoff ``cut``, columns of
+    ``source`` (the targets' arrays, correlated from outside), but not the ``held`` ones:
+    ``expired_experiments`` for ``groupable`` targets, on PostgreSQL."""
+    ob = tables.objects
+    return (
+        select(ob.c.object_id)
+        .where(
+            ob.c.object_type == ObjectType.EXPERIMENT.value,
+            ob.c.project_id == p,
+            ob.c.created < cut,
+            not_held(ob.c.object_id, held),
+        )
+        .correlate(source)
+    )
+
+
+def experiments_with_rows_left(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> set[tuple[UUID, str]]:
+    """``with_rows_left`` for experiment targets (``groupable``): those with a row of an
+    expired experiment, not held, still there."""
+    chosen = _experiment_group(resolutions)
+    if not chosen:
+        return set()
+    ev = tables.events
+    held = _held_in(chosen)
+    arrays = resolution_arrays(chosen)
+    left = (
+        select(literal(1))
+        .where(
+            ev.c.project_id == arrays.c.p,
+            ev.c.object_type == ObjectType.EXPERIMENT.value,
+            ev.c.object_id.in_(_expired_ids_of(tables, arrays, arrays.c.p, arrays.c.cut, held)),
+            up_to(ev, newest_of(chosen)),
+        )
+        .exists()
+    )
+    return {(p, ty) for p, ty in conn.execute(select(arrays.c.p, arrays.c.ty).where(left))}
+
+
+def delete_experiment_group(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution], limit: int
+) -> dict[tuple[UUID, str], BatchResult]:
+    """``delete_group`` for experiment targets (``groupable``): the first ``limit`` rows
+    of each target's expired experiments, held ones excepted, in keyset order (object,
+    created, sequence), in one statement, each row re-checked against its own target's
+    registry and cutoff as ``delete_batch`` does."""
+    chosen = _experiment_group(resolutions)
+    assert len(chosen) == len(resolutions), "only groupable experiment targets"
+    if not chosen:
+        return {}
+    ev = tables.events
+    held = _held_in(chosen)
+    kind = ObjectType.EXPERIMENT.value
+    newest = newest_of(chosen)
+    arrays = resolution_arrays(chosen, [limit] * len(chosen))
+    first = (
+        select(ev.c.sequence_id)
+        .where(
+            ev.c.project_id == arrays.c.p,
+            ev.c.object_type == kind,
+            ev.c.object_id.in_(_expired_ids_of(tables, arrays, arrays.c.p, arrays.c.cut, held)),
+            up_to(ev, newest),
+        )
+        .order_by(ev.c.object_id, ev.c.created, ev.c.sequence_id)
+        .limit(arrays.c.k)
+        .correlate(arrays)
+        .lateral("retention_first")
+    )
+    picked = (
+        select(arrays.c.i, arrays.c.p, arrays.c.cut, first.c.sequence_id)
+        .select_from(arrays)
+        .join(first, true())
+        .cte("retention_picked")
+    )
+    statement = (
+        delete(ev)
+        .where(
+            ev.c.sequence_id == picked.c.sequence_id,
+            ev.c.project_id == picked.c.p,
+            ev.c.object_type == kind,
+            ev.c.object_id.in_(_expired_ids_of(tables, picked, picked.c.p, picked.c.cut, held)),
+            up_to(ev, newest),
+        )
+        .returning(picked.c.i, ev.c.object_id, ev.c.created, ev.c.sequence_id)
+    )
+    by_target: dict[int, list[tuple[UUID, datetime, int]]] = {}
+    for i, object_id, created, sequence_id in conn.execute(statement):
+        by_target.setdefault(int(i), []).append((object_id, created, int(sequence_id)))
+    found = {}
+    for i, rows in by_target.items():
+        rows.sort()
+        r = chosen[i - 1]
+        found[(r.project_id, kind)] = BatchResult(
+            rows=len(rows),
+            first=Cursor(created=rows[0][1], sequence_id=rows[0][2], object_id=rows[0][0]),
+            last=Cursor(created=rows[-1][1], sequence_id=rows[-1][2], object_id=rows[-1][0]),
+            digest=keys_digest(s for _, _, s in rows),
+        )
+    return found
+
+
+def with_registry_left(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> set[tuple[UUID, str]]:
+    """``registry_left`` for experiment targets (``groupable``) in one statement: those
+    with a registry entry ``delete_registry_group`` would remove still there."""
+    chosen = _experiment_group(resolutions)
+    if not chosen:
+        return set()
+    ev, ob = tables.events, tables.objects
+    arrays = resolution_arrays(chosen)
+    has_rows = exists().where(
+        ev.c.object_type == ObjectType.EXPERIMENT.value, ev.c.object_id == ob.c.object_id
+    )
+    left = (
+        _expired_ids_of(tables, arrays, arrays.c.p, arrays.c.cut, _held_in(chosen))
+        .where(~has_rows)
+        .exists()
+    )
+    return {(p, ty) for p, ty in conn.execute(select(arrays.c.p, arrays.c.ty).where(left))}
+
+
+def delete_registry_group(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution], limit: int
+) -> dict[tuple[UUID, str], list[UUID]]:
+    """``delete_registry_batch`` for experiment targets (``groupable``) in one statement:
+    up to ``limit`` registry entries each, of expired experiments not held whose rows are
+    all gone, re-checked in the DELETE; each target's ids ascending."""
+    chosen = _experiment_group(resolutions)
+    assert len(chosen) == len(resolutions), "only groupable experiment targets"
+    if not chosen:
+        return {}
+    ev, ob = tables.events, tables.objects
+    held = _held_in(chosen)
+    kind = ObjectType.EXPERIMENT.value
+    arrays = resolution_arrays(chosen, [limit] * len(chosen))
+    has_rows = exists().where(ev.c.object_type == kind, ev.c.object_id == ob.c.object_id)
+    first = (
+        _expired_ids_of(tables, arrays, arrays.c.p, arrays.c.cut, held)
+        .where(~has_rows)
+        .order_by(ob.c.object_id)
+        .limit(arrays.c.k)
+        .correlate(arrays)
+        .lateral("retention_first")
+    )
+    picked = (
+        select(arrays.c.i, arrays.c.p, arrays.c.cut, first.c.object_id)
+        .select_from(arrays)
+        .join(first, true())
+        .cte("retention_picked")
+    )
+    statement = (
+        delete(ob)
+        .where(
+            ob.c.object_type == kind,
+            ob.c.object_id == picked.c.object_id,
+            ob.c.project_id == picked.c.p,
+            ob.c.created < picked.c.cut,
+            not_held(ob.c.object_id, held),
+            ~has_rows,
+        )
+        .returning(picked.c.i, ob.c.object_id)
+    )
+    found: dict[tuple[UUID, str], list[UUID]] = {}
+    for i, object_id in conn.execute(statement):
+        found.setdefault((chosen[int(i) - 1].project_id, kind), []).append(object_id)
+    return {key: sorted(ids) for key, ids in found.items()}
 
 
 def ids_digest(ids: Iterable[UUID]) -> str:

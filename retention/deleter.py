@@ -118,10 +118,10 @@ def receipt_of(target: Target, **values: Any) -> dict[str, Any]:
 def after_rows(target: Target, ctx: BatchContext) -> Phase:
     if ctx.mark_segments:
         return Phase.SEGMENTS
-    return _after_segments(target)
+    return after_segments(target)
 
 
-def _after_segments(target: Target) -> Phase:
+def after_segments(target: Target) -> Phase:
     return Phase.REGISTRY if target.object_type is ObjectType.EXPERIMENT else Phase.DONE
 
 
@@ -169,7 +169,7 @@ def _segments_batch(ctx: BatchContext, target: Target, checkpoint: Checkpoint) -
     )
     checkpoint = replace(
         checkpoint,
-        phase=Phase.SEGMENTS if more else _after_segments(target),
+        phase=Phase.SEGMENTS if more else after_segments(target),
         segment_cursor=last,
         segments=checkpoint.segments + marked.segments,
         bytes=checkpoint.bytes + marked.bytes,
@@ -297,7 +297,7 @@ def purge_target(
         checkpoint = _reopened(ctx, target, checkpoint)
         pending = {Phase.ROWS, Phase.SEGMENTS}
     if checkpoint.phase is Phase.SEGMENTS and not ctx.mark_segments:
-        checkpoint = replace(checkpoint, phase=_after_segments(target))
+        checkpoint = replace(checkpoint, phase=after_segments(target))
     step = ctx
     waits = streak = calm = 0
     longest = 0.0  # the longest batch transaction, seconds

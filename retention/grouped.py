@@ -6,17 +6,20 @@ daily run is as much as the deleting itself. Here targets whose planned rows fit
 batch are taken together, up to ``RETENTION_BATCH_SIZE`` planned rows per group: one
 ``DELETE`` picks each target's first rows from its own index range, and the group's
 checkpoints and receipts (one per target, as the per-target path writes them) commit with
-it; the group's segments are marked in the same transaction. A target that turns out to
-have more rows than a batch, or that a hold added during the run now covers, is left
-where it stands for the per-target path in ``deleter``, which resumes it from its
-checkpoint.
+it; the group's segments are marked in the same transaction. Experiment targets are
+grouped the same way (the rows of their expired experiments), and then their registry
+entries go in a second transaction, after the rows committed, as the per-target path does
+it: a data plane has an experiment target for every project, and two transactions for
+each were most of a purge over thousands of projects. A target that turns out to have
+more rows than a batch, or that a hold added during the run now covers, is left where it
+stands for the per-target path in ``deleter``, which resumes it from its checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +30,7 @@ from .db import timed_out
 from .deleter import (
     BatchContext,
     after_rows,
+    after_segments,
     apply_new_holds,
     initial_checkpoint,
     receipt_of,
@@ -40,17 +44,14 @@ log = logging.getLogger(__name__)
 def eligible(
     targets: Sequence[Target], found: dict[str, Checkpoint], batch_size: int
 ) -> list[Target]:
-    """Logs and dataset targets without object holds whose rows fit in one batch, not
-    started yet in this run (or started over for a changed cutoff)."""
+    """Targets whose rows (and, for experiments, registry entries) fit in one batch, not
+    started yet in this run (or started over for a changed cutoff), of the kinds the
+    grouped deletes take (``dataplane.groupable``)."""
     chosen = []
     for target in targets:
         r = target.resolution
-        if (
-            r.cutoff is None
-            or target.object_type is ObjectType.EXPERIMENT
-            or r.held_object_ids
-            or target.counts.rows > batch_size
-        ):
+        fits = target.counts.rows <= batch_size and target.counts.objects <= batch_size
+        if not fits or not dataplane.groupable([r]):
             continue
         checkpoint = found.get(target.key)
         under_way = (
@@ -64,15 +65,22 @@ def eligible(
 
 
 def groups(targets: Sequence[Target], batch_size: int) -> list[list[Target]]:
-    """Consecutive targets, up to ``batch_size`` planned rows per group."""
+    """The targets in their order, logs and datasets first, then experiments (a group is
+    of one kind), up to ``batch_size`` planned rows and registry entries per group, each
+    target counting at least one (a group of targets with only segments to mark stays
+    bounded too)."""
     out: list[list[Target]] = []
-    rows = 0
-    for target in targets:
-        if not out or rows + target.counts.rows > batch_size:
-            out.append([])
-            rows = 0
-        out[-1].append(target)
-        rows += target.counts.rows
+    for kind in (False, True):
+        load = batch_size + 1  # a new group first
+        for target in targets:
+            if (target.object_type is ObjectType.EXPERIMENT) is not kind:
+                continue
+            weight = max(target.counts.rows + target.counts.objects, 1)
+            if load + weight > batch_size:
+                out.append([])
+                load = 0
+            out[-1].append(target)
+            load += weight
     return out
 
 
@@ -94,27 +102,48 @@ def purge_small_targets(
     for planned in groups(targets, ctx.batch_size):
         if ctx.should_stop():
             break
-        group = planned
-        if ctx.holds is not None:  # a hold added during the run: that target goes alone
-            holds = ctx.holds()
-            group = [t for t in planned if apply_new_holds(t, holds) == (t, None)]
-        if not group:
+        if not _transaction(ctx, _unheld(ctx, planned), _group, out):
             continue
-        began = time.monotonic()
-        try:
-            with ctx.conn.begin():
-                done = _group(ctx, group, out.checkpoints)
-        except DBAPIError as error:
-            if not timed_out(error):
-                raise
-            log.warning(
-                "%d small targets: lock or statement timeout; they go one by one", len(group)
-            )
-            continue
-        seconds = time.monotonic() - began
-        out.checkpoints.update(done)
-        out.longest.update((key, seconds) for key in done)
+        # experiments: their registry entries in a transaction of their own, after their
+        # rows committed (as the per-target path does)
+        ready = [t for t in planned if out.checkpoints[t.key].phase is Phase.REGISTRY]
+        if ready and not ctx.should_stop():
+            _transaction(ctx, _unheld(ctx, ready), _registry_group, out)
     return out
+
+
+def _unheld(ctx: BatchContext, targets: list[Target]) -> list[Target]:
+    """Without the targets a hold added during the run changes: they go alone."""
+    if ctx.holds is None:
+        return targets
+    holds = ctx.holds()
+    return [t for t in targets if apply_new_holds(t, holds) == (t, None)]
+
+
+def _transaction(
+    ctx: BatchContext,
+    group: list[Target],
+    step: Callable[[BatchContext, Sequence[Target], dict[str, Checkpoint]], dict[str, Checkpoint]],
+    out: Grouped,
+) -> bool:
+    """``step`` for the group in one transaction; its checkpoints into ``out``. A lock or
+    statement timeout leaves the group to the per-target path (False)."""
+    if not group:
+        return False
+    began = time.monotonic()
+    try:
+        with ctx.conn.begin():
+            done = step(ctx, group, out.checkpoints)
+    except DBAPIError as error:
+        if not timed_out(error):
+            raise
+        log.warning("%d small targets: lock or statement timeout; they go one by one", len(group))
+        return False
+    seconds = time.monotonic() - began
+    out.checkpoints.update(done)
+    for key in done:
+        out.longest[key] = max(out.longest.get(key, 0.0), seconds)
+    return True
 
 
 def _group(
@@ -123,19 +152,22 @@ def _group(
     """One group's rows and segments with their checkpoints and receipts (inside the
     caller's transaction)."""
     now = ctx.clock()
-    deleted = dataplane.delete_group(
-        ctx.conn, ctx.tables, [t.resolution for t in group], ctx.batch_size
-    )
+    experiments = group[0].object_type is ObjectType.EXPERIMENT  # (a group is of one kind)
+    delete_group = dataplane.delete_experiment_group if experiments else dataplane.delete_group
+    deleted = delete_group(ctx.conn, ctx.tables, [t.resolution for t in group], ctx.batch_size)
     there = state.existing_checkpoints(ctx.conn, ctx.run_id, [t.key for t in group])
 
     def rows_of(target: Target) -> int:
         result = deleted.get((target.project_id, target.object_type.value))
         return result.rows if result else 0
 
-    # a target that got fewer rows than planned: a row another writer changed during the
-    # lock wait is skipped by the re-check, and whatever is still expired must still go
-    short = [t.resolution for t in group if rows_of(t) < min(ctx.batch_size, t.counts.rows)]
-    left = dataplane.with_rows_left(ctx.conn, ctx.tables, short) if short else set()
+    # a target whose batch was not full may still have expired rows: a row another writer
+    # changed during the lock wait is skipped by the re-check, and one written since the
+    # plan (backdated) is expired too; whatever is still expired must still go (one
+    # statement for the group, as ``rows_left`` is for one target)
+    short = [t.resolution for t in group if rows_of(t) < ctx.batch_size]
+    rows_left = dataplane.experiments_with_rows_left if experiments else dataplane.with_rows_left
+    left = rows_left(ctx.conn, ctx.tables, short) if short else set()
     done: dict[str, Checkpoint] = {}
     receipts: list[dict[str, Any]] = []
     new: list[tuple[Any, str, Checkpoint]] = []
@@ -173,7 +205,7 @@ def _group(
             )
             checkpoint = replace(
                 checkpoint,
-                phase=Phase.SEGMENTS if more else Phase.DONE,
+                phase=Phase.SEGMENTS if more else after_segments(target),
                 segment_cursor=marked.last,
                 segments=checkpoint.segments + marked.segments,
                 bytes=checkpoint.bytes + marked.bytes,
@@ -185,19 +217,66 @@ def _group(
                 )
         done[target.key] = checkpoint
         if target.key in there:
-            state.save_checkpoint(
-                ctx.conn,
-                ctx.run_id,
-                project_id=target.project_id,
-                object_type=target.object_type.value,
-                checkpoint=checkpoint,
-                clock=now,
-            )
+            _save_checkpoint(ctx, target, checkpoint, now)
         else:
             new.append((target.project_id, target.object_type.value, checkpoint))
     state.insert_checkpoints(ctx.conn, ctx.run_id, new, clock=now)
     state.add_receipts(ctx.conn, ctx.run_id, receipts, clock=now)
     return done
+
+
+def _registry_group(
+    ctx: BatchContext, group: Sequence[Target], found: dict[str, Checkpoint]
+) -> dict[str, Checkpoint]:
+    """The registry entries of a group of experiment targets whose rows are gone, with
+    their checkpoints and receipts (inside the caller's transaction), as
+    ``deleter._registry_batch`` writes them."""
+    now = ctx.clock()
+    removed = dataplane.delete_registry_group(
+        ctx.conn, ctx.tables, [t.resolution for t in group], ctx.batch_size
+    )
+    short = [
+        t.resolution
+        for t in group
+        if len(removed.get((t.project_id, t.object_type.value), [])) < ctx.batch_size
+    ]
+    left = dataplane.with_registry_left(ctx.conn, ctx.tables, short) if short else set()
+    done: dict[str, Checkpoint] = {}
+    receipts: list[dict[str, Any]] = []
+    for target in group:
+        ids = removed.get((target.project_id, target.object_type.value), [])
+        more = len(ids) >= ctx.batch_size or (target.project_id, target.object_type.value) in left
+        checkpoint = replace(
+            found[target.key],
+            phase=Phase.REGISTRY if more else Phase.DONE,
+            objects=found[target.key].objects + len(ids),
+            batches=found[target.key].batches + 1,
+        )
+        if ids:
+            receipts.append(
+                _receipt(
+                    target,
+                    objects=len(ids),
+                    first_key=str(ids[0]),
+                    last_key=str(ids[-1]),
+                    keys_digest=dataplane.ids_digest(ids),
+                )
+            )
+        done[target.key] = checkpoint
+        _save_checkpoint(ctx, target, checkpoint, now)
+    state.add_receipts(ctx.conn, ctx.run_id, receipts, clock=now)
+    return done
+
+
+def _save_checkpoint(ctx: BatchContext, target: Target, checkpoint: Checkpoint, now: Any) -> None:
+    state.save_checkpoint(
+        ctx.conn,
+        ctx.run_id,
+        project_id=target.project_id,
+        object_type=target.object_type.value,
+        checkpoint=checkpoint,
+        clock=now,
+    )
 
 
 def _receipt(target: Target, **values: Any) -> dict[str, Any]:

@@ -8,10 +8,7 @@ ones, held objects, live and unused segments, and a reviewed plan's newest row."
 
 from __future__ import annotations
 
-import random
-from datetime import timedelta
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 
@@ -20,109 +17,8 @@ from retention.db import make_engine, parse_database_url, snapshot
 from retention.models import ObjectType
 from tests.conftest import engine_for
 from tests.integration.helpers import worker, write_policies
-from tests.support import NOW, Scenario, insert, policy_toml
-
-CUTOFF_DAYS = 30
-
-
-def _id(rng: random.Random) -> UUID:
-    return UUID(int=rng.getrandbits(128), version=4)
-
-
-def _when(rng: random.Random) -> object:
-    """A time before, at or after the cutoff (the boundary itself is drawn often)."""
-    cutoff = NOW - timedelta(days=CUTOFF_DAYS)
-    return rng.choice(
-        [
-            cutoff,
-            cutoff - timedelta(microseconds=1),
-            cutoff + timedelta(microseconds=1),
-            cutoff - timedelta(days=rng.randint(1, 300)),
-            cutoff + timedelta(days=rng.randint(1, 29)),
-        ]
-    )
-
-
-def _world(seed: int) -> tuple[Scenario, list[UUID], list[dict[str, str]]]:
-    rng = random.Random(seed)
-    s = Scenario()
-    projects = [_id(rng) for _ in range(7)]
-    held: list[dict[str, str]] = []
-    experiments: list[tuple[UUID, UUID]] = []
-    for project in projects:
-        s.add_object("project_logs", project, project, NOW - timedelta(days=400))
-        dataset = _id(rng)
-        s.add_object("dataset", dataset, project, NOW - timedelta(days=400))
-        for _ in range(rng.randint(0, 6)):
-            s.add_event("project_logs", project, project, _when(rng))  # type: ignore[arg-type]
-            s.add_event("dataset", dataset, project, _when(rng))  # type: ignore[arg-type]
-        for _ in range(rng.randint(0, 4)):
-            experiment = _id(rng)
-            experiments.append((project, experiment))
-            registered = rng.random() < 0.8
-            if registered:
-                s.add_object("experiment", experiment, project, _when(rng))  # type: ignore[arg-type]
-            for _ in range(rng.randint(0, 4)):
-                s.add_event("experiment", experiment, project, _when(rng))  # type: ignore[arg-type]
-            for _ in range(rng.randint(0, 2)):
-                low = _when(rng)
-                s.add_segment(
-                    "experiment",
-                    experiment,
-                    project,
-                    low,  # type: ignore[arg-type]
-                    max(low, _when(rng)),  # type: ignore[type-var]
-                    size=rng.randint(1, 10_000),
-                    state=rng.choice(["live", "live", "unused"]),
-                    unused_at=None,
-                )
-        for object_type, object_id in (("project_logs", project), ("dataset", dataset)):
-            for _ in range(rng.randint(0, 2)):
-                low = _when(rng)
-                s.add_segment(
-                    object_type,
-                    object_id,
-                    project,
-                    low,  # type: ignore[arg-type]
-                    max(low, _when(rng)),  # type: ignore[type-var]
-                    size=rng.randint(1, 10_000),
-                )
-        if rng.random() < 0.3:
-            held.append(
-                {
-                    "project": str(project),
-                    "object_type": "dataset",
-                    "object_id": str(dataset),
-                    "reason": "audit",
-                }
-            )
-    if experiments:
-        # a held experiment, and one with rows filed under another project (kept whole)
-        project, experiment = rng.choice(experiments)
-        held.append(
-            {
-                "project": str(project),
-                "object_type": "experiment",
-                "object_id": str(experiment),
-                "reason": "legal",
-            }
-        )
-        project, experiment = rng.choice(experiments)
-        other = next(p for p in projects if p != project)
-        s.add_event("experiment", experiment, other, _when(rng))  # type: ignore[arg-type]
-    held.append(
-        {
-            "project": str(projects[0]),
-            "object_type": "experiment",
-            "object_id": str(_id(rng)),
-            "reason": "nothing of it here",
-        }
-    )
-    held.append({"project": str(projects[1]), "reason": "the whole project"})
-    for i, row in enumerate(s.segments):
-        if row["state"] == "unused":
-            row["unused_at"] = NOW - timedelta(days=i % 3)
-    return s, projects, held
+from tests.integration.worlds import CUTOFF_DAYS, world
+from tests.support import NOW, insert, policy_toml
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -130,7 +26,7 @@ def _world(seed: int) -> tuple[Scenario, list[UUID], list[dict[str, str]]]:
 def test_every_batched_count_is_the_one_target_count(
     pg_url: str, tmp_path: Path, seed: int, reviewed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scenario, projects, holds = _world(seed)
+    scenario, projects, holds = world(seed)
     insert(engine_for(pg_url), scenario)
     days = {"project_logs": CUTOFF_DAYS, "experiment": CUTOFF_DAYS, "dataset": CUTOFF_DAYS}
     shorter = [(projects[2], {"experiment": 10, "dataset": 400})]
