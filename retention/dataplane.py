@@ -950,22 +950,48 @@ def _experiment_group(resolutions: Sequence[Resolution]) -> list[Resolution]:
     return [r for r in groupable(resolutions) if r.object_type is ObjectType.EXPERIMENT]
 
 
-def _expired_ids_of(
-    tables: DataPlaneTables, source: Any, p: Any, cut: Any, held: frozenset[UUID]
-) -> Select[tuple[UUID]]:
-    """The registry's expired experiments of project ``p`` at cutoff ``cut``, columns of
-    ``source`` (the targets' arrays, correlated from outside), but not the ``held`` ones:
-    ``expired_experiments`` for ``groupable`` targets, on PostgreSQL."""
+def _expired_of(
+    tables: DataPlaneTables, arrays: Any, chosen: Sequence[Resolution], *columns: Any
+) -> Select[Any]:
+    """The registry's expired experiments of each target in ``arrays`` (``groupable``
+    experiment targets), held ones excepted, with ``columns`` of ``arrays``: one join of
+    the registry with the targets, not a search of the registry per target (the reference
+    registry has no index on ``project_id``)."""
     ob = tables.objects
     return (
-        select(ob.c.object_id)
-        .where(
-            ob.c.object_type == ObjectType.EXPERIMENT.value,
-            ob.c.project_id == p,
-            ob.c.created < cut,
-            not_held(ob.c.object_id, held),
+        select(*columns, ob.c.object_id)
+        .select_from(arrays)
+        .join(
+            ob,
+            and_(
+                ob.c.object_type == ObjectType.EXPERIMENT.value,
+                ob.c.project_id == arrays.c.p,
+                ob.c.created < arrays.c.cut,
+            ),
         )
-        .correlate(source)
+        .where(not_held(ob.c.object_id, _held_in(chosen)))
+    )
+
+
+def _still_expired(
+    tables: DataPlaneTables, object_id: Any, p: Any, cut: Any, held: frozenset[UUID]
+) -> ColumnElement[bool]:
+    """The re-check of a DELETE: ``object_id`` is an expired experiment of project ``p``
+    at ``cut`` and not held (a registry probe by its key)."""
+    ob = tables.objects
+    return exists().where(
+        ob.c.object_type == ObjectType.EXPERIMENT.value,
+        ob.c.object_id == object_id,
+        ob.c.project_id == p,
+        ob.c.created < cut,
+        not_held(ob.c.object_id, held),
+    )
+
+
+def _has_rows(tables: DataPlaneTables, object_id: Any) -> ColumnElement[bool]:
+    ev = tables.events
+    return exists().where(
+        ev.c.object_type == ObjectType.EXPERIMENT.value, ev.c.object_id == object_id
     )
 
 
@@ -978,19 +1004,16 @@ def experiments_with_rows_left(
     if not chosen:
         return set()
     ev = tables.events
-    held = _held_in(chosen)
     arrays = resolution_arrays(chosen)
-    left = (
-        select(literal(1))
-        .where(
-            ev.c.project_id == arrays.c.p,
-            ev.c.object_type == ObjectType.EXPERIMENT.value,
-            ev.c.object_id.in_(_expired_ids_of(tables, arrays, arrays.c.p, arrays.c.cut, held)),
-            up_to(ev, newest_of(chosen)),
-        )
-        .exists()
+    gone = _expired_of(tables, arrays, chosen, arrays.c.p, arrays.c.ty).subquery("retention_gone")
+    rows = exists().where(
+        ev.c.object_type == ObjectType.EXPERIMENT.value,
+        ev.c.object_id == gone.c.object_id,
+        ev.c.project_id == gone.c.p,
+        up_to(ev, newest_of(chosen)),
     )
-    return {(p, ty) for p, ty in conn.execute(select(arrays.c.p, arrays.c.ty).where(left))}
+    query = select(gone.c.p, gone.c.ty).where(rows).distinct()
+    return {(p, ty) for p, ty in conn.execute(query)}
 
 
 def delete_experiment_group(
@@ -999,42 +1022,54 @@ def delete_experiment_group(
     """``delete_group`` for experiment targets (``groupable``): the first ``limit`` rows
     of each target's expired experiments, held ones excepted, in keyset order (object,
     created, sequence), in one statement, each row re-checked against its own target's
-    registry and cutoff as ``delete_batch`` does."""
+    registry entry and cutoff as ``delete_batch`` does."""
     chosen = _experiment_group(resolutions)
     assert len(chosen) == len(resolutions), "only groupable experiment targets"
     if not chosen:
         return {}
     ev = tables.events
-    held = _held_in(chosen)
     kind = ObjectType.EXPERIMENT.value
     newest = newest_of(chosen)
-    arrays = resolution_arrays(chosen, [limit] * len(chosen))
-    first = (
-        select(ev.c.sequence_id)
-        .where(
-            ev.c.project_id == arrays.c.p,
-            ev.c.object_type == kind,
-            ev.c.object_id.in_(_expired_ids_of(tables, arrays, arrays.c.p, arrays.c.cut, held)),
-            up_to(ev, newest),
+    held = _held_in(chosen)
+    arrays = resolution_arrays(chosen)
+    gone = _expired_of(tables, arrays, chosen, arrays.c.i, arrays.c.p, arrays.c.cut).subquery(
+        "retention_gone"
+    )
+    ranked = (
+        select(
+            gone.c.i,
+            gone.c.p,
+            gone.c.cut,
+            ev.c.sequence_id,
+            func.row_number()
+            .over(
+                partition_by=gone.c.i,
+                order_by=[ev.c.object_id, ev.c.created, ev.c.sequence_id],
+            )
+            .label("n"),
         )
-        .order_by(ev.c.object_id, ev.c.created, ev.c.sequence_id)
-        .limit(arrays.c.k)
-        .correlate(arrays)
-        .lateral("retention_first")
+        .select_from(gone)
+        .join(
+            ev,
+            and_(
+                ev.c.object_type == kind,
+                ev.c.object_id == gone.c.object_id,
+                ev.c.project_id == gone.c.p,
+            ),
+        )
+        .where(up_to(ev, newest))
+        .subquery("retention_ranked")
     )
-    picked = (
-        select(arrays.c.i, arrays.c.p, arrays.c.cut, first.c.sequence_id)
-        .select_from(arrays)
-        .join(first, true())
-        .cte("retention_picked")
-    )
+    picked = select(ranked).where(ranked.c.n <= limit).cte("retention_picked")
     statement = (
         delete(ev)
         .where(
             ev.c.sequence_id == picked.c.sequence_id,
+            # re-checked against the row's own target (a row changed while the delete
+            # waited for its lock is kept unless it still qualifies)
             ev.c.project_id == picked.c.p,
             ev.c.object_type == kind,
-            ev.c.object_id.in_(_expired_ids_of(tables, picked, picked.c.p, picked.c.cut, held)),
+            _still_expired(tables, ev.c.object_id, picked.c.p, picked.c.cut, held),
             up_to(ev, newest),
         )
         .returning(picked.c.i, ev.c.object_id, ev.c.created, ev.c.sequence_id)
@@ -1063,17 +1098,14 @@ def with_registry_left(
     chosen = _experiment_group(resolutions)
     if not chosen:
         return set()
-    ev, ob = tables.events, tables.objects
+    ob = tables.objects
     arrays = resolution_arrays(chosen)
-    has_rows = exists().where(
-        ev.c.object_type == ObjectType.EXPERIMENT.value, ev.c.object_id == ob.c.object_id
+    query = (
+        _expired_of(tables, arrays, chosen, arrays.c.p, arrays.c.ty)
+        .where(~_has_rows(tables, ob.c.object_id))
+        .distinct()
     )
-    left = (
-        _expired_ids_of(tables, arrays, arrays.c.p, arrays.c.cut, _held_in(chosen))
-        .where(~has_rows)
-        .exists()
-    )
-    return {(p, ty) for p, ty in conn.execute(select(arrays.c.p, arrays.c.ty).where(left))}
+    return {(r[0], r[1]) for r in conn.execute(query)}
 
 
 def delete_registry_group(
@@ -1086,25 +1118,24 @@ def delete_registry_group(
     assert len(chosen) == len(resolutions), "only groupable experiment targets"
     if not chosen:
         return {}
-    ev, ob = tables.events, tables.objects
-    held = _held_in(chosen)
+    ob = tables.objects
     kind = ObjectType.EXPERIMENT.value
-    arrays = resolution_arrays(chosen, [limit] * len(chosen))
-    has_rows = exists().where(ev.c.object_type == kind, ev.c.object_id == ob.c.object_id)
-    first = (
-        _expired_ids_of(tables, arrays, arrays.c.p, arrays.c.cut, held)
-        .where(~has_rows)
-        .order_by(ob.c.object_id)
-        .limit(arrays.c.k)
-        .correlate(arrays)
-        .lateral("retention_first")
+    held = _held_in(chosen)
+    arrays = resolution_arrays(chosen)
+    ranked = (
+        _expired_of(
+            tables,
+            arrays,
+            chosen,
+            arrays.c.i,
+            arrays.c.p,
+            arrays.c.cut,
+            func.row_number().over(partition_by=arrays.c.i, order_by=ob.c.object_id).label("n"),
+        )
+        .where(~_has_rows(tables, ob.c.object_id))
+        .subquery("retention_ranked")
     )
-    picked = (
-        select(arrays.c.i, arrays.c.p, arrays.c.cut, first.c.object_id)
-        .select_from(arrays)
-        .join(first, true())
-        .cte("retention_picked")
-    )
+    picked = select(ranked).where(ranked.c.n <= limit).cte("retention_picked")
     statement = (
         delete(ob)
         .where(
@@ -1113,7 +1144,7 @@ def delete_registry_group(
             ob.c.project_id == picked.c.p,
             ob.c.created < picked.c.cut,
             not_held(ob.c.object_id, held),
-            ~has_rows,
+            ~_has_rows(tables, ob.c.object_id),
         )
         .returning(picked.c.i, ob.c.object_id)
     )

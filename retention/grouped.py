@@ -216,10 +216,11 @@ def _group(
                     _receipt(target, action="mark", segments=marked.segments, bytes=marked.bytes)
                 )
         done[target.key] = checkpoint
-        if target.key in there:
-            _save_checkpoint(ctx, target, checkpoint, now)
-        else:
+        if target.key not in there:
             new.append((target.project_id, target.object_type.value, checkpoint))
+    state.update_checkpoints(
+        ctx.conn, ctx.run_id, [c for key, c in done.items() if key in there], clock=now
+    )
     state.insert_checkpoints(ctx.conn, ctx.run_id, new, clock=now)
     state.add_receipts(ctx.conn, ctx.run_id, receipts, clock=now)
     return done
@@ -263,20 +264,9 @@ def _registry_group(
                 )
             )
         done[target.key] = checkpoint
-        _save_checkpoint(ctx, target, checkpoint, now)
+    state.update_checkpoints(ctx.conn, ctx.run_id, list(done.values()), clock=now)
     state.add_receipts(ctx.conn, ctx.run_id, receipts, clock=now)
     return done
-
-
-def _save_checkpoint(ctx: BatchContext, target: Target, checkpoint: Checkpoint, now: Any) -> None:
-    state.save_checkpoint(
-        ctx.conn,
-        ctx.run_id,
-        project_id=target.project_id,
-        object_type=target.object_type.value,
-        checkpoint=checkpoint,
-        clock=now,
-    )
 
 
 def _receipt(target: Target, **values: Any) -> dict[str, Any]:

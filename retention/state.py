@@ -480,6 +480,37 @@ def insert_checkpoints(
         conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=clock))
 
 
+def update_checkpoints(
+    conn: Connection, run_id: int, done: list[Checkpoint], *, clock: datetime
+) -> None:
+    """Checkpoints the run has already (``existing_checkpoints``), updated with one
+    executemany (one round trip with psycopg's pipeline) and one heartbeat, where
+    ``save_checkpoint`` takes two statements each: a group of thousands of targets."""
+    if not done:
+        return
+    names = list(_checkpoint_values(done[0], clock))
+    statement = (
+        update(checkpoints)
+        .where(
+            checkpoints.c.run_id == bindparam("key_run"),
+            checkpoints.c.target == bindparam("key_target"),
+        )
+        .values({name: bindparam(f"new_{name}") for name in names})
+    )
+    rows = [
+        {
+            "key_run": run_id,
+            "key_target": c.target,
+            **{f"new_{k}": v for k, v in _checkpoint_values(c, clock).items()},
+        }
+        for c in done
+    ]
+    updated = conn.execute(statement, rows).rowcount
+    if updated != len(done):  # a checkpoint that is not there: nothing may go unrecorded
+        raise RuntimeError(f"updated {updated} of {len(done)} checkpoints of run {run_id}")
+    conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=clock))
+
+
 def take_back_marks(conn: Connection, run_id: int, target: str, segments: int, size: int) -> None:
     """Marks the run made for ``target`` and has just undone (a resume whose policies now
     keep them): they no longer count as marked by it."""
