@@ -920,20 +920,22 @@ def delete_group(
 
 def groupable(resolutions: Sequence[Resolution]) -> list[Resolution]:
     """Targets the grouped deletes take (``delete_group``, ``delete_experiment_group``):
-    a cutoff, no experiments kept whole or reviewed, and no orphan's experiments (their
-    unregistered rows go too). Object holds are allowed: a group's statements keep every
-    object held in any of its targets (an object hold applies to every target of its type,
-    and object ids are unique, so this keeps nothing the one-target form would delete)."""
+    a cutoff; for experiments, none kept whole, no reviewed plan's list of experiments and
+    not an orphan's (its unregistered rows go too). Object holds are allowed: a group's
+    statements keep every object held in any of its targets (an object hold applies to
+    every target of its type, and object ids are unique, so this keeps nothing the
+    one-target form would delete)."""
     return [
         r
         for r in resolutions
         if r.cutoff is not None
-        and not r.kept_whole
-        and r.reviewed_objects is None
-        and not (
-            r.object_type is ObjectType.EXPERIMENT
-            and r.winner is not None
-            and r.winner.kind is SourceKind.ORPHAN
+        and (
+            r.object_type is not ObjectType.EXPERIMENT
+            or (
+                not r.kept_whole
+                and r.reviewed_objects is None
+                and (r.winner is None or r.winner.kind is not SourceKind.ORPHAN)
+            )
         )
     ]
 

@@ -15,6 +15,7 @@ from retention import blocksweep
 from retention.models import RunStatus
 from tests.conftest import engine_for
 from tests.integration.helpers import StopAfter, purge, worker
+from tests.integration.test_plans import _make_plan
 from tests.integration.test_purge import _setup
 from tests.support import registry, surviving_rows
 
@@ -31,12 +32,19 @@ def _delete_receipts(engine: sa.Engine) -> list[tuple[str, str, int, str]]:
         ]
 
 
-@pytest.mark.parametrize("strategy", ["auto", "keyset"])
+@pytest.mark.parametrize("strategy", ["auto", "keyset", "auto, a reviewed plan"])
 def test_small_targets_share_transactions_with_the_same_result(
     pg_url: str, tmp_path: Path, strategy: str
 ) -> None:
     scenario, expect, policy_dir, engine = _setup(pg_url, tmp_path, seed=41)
-    report = purge(worker(pg_url, policy_dir, delete_strategy=strategy, batch_size=100_000))
+    settings: dict[str, Any] = {
+        "delete_strategy": strategy.partition(",")[0],
+        "batch_size": 100_000,
+    }
+    reviewed = None
+    if "plan" in strategy:  # the plan's list of experiments does not matter to logs rows
+        reviewed = _make_plan(worker(pg_url, policy_dir), tmp_path / "plan.json")
+    report = purge(worker(pg_url, policy_dir, **settings), plan_file=reviewed)
 
     assert report.status is RunStatus.SUCCEEDED
     assert surviving_rows(engine) == expect.survivors(scenario)
@@ -48,7 +56,7 @@ def test_small_targets_share_transactions_with_the_same_result(
     assert len({target for target, *_ in logs_and_datasets}) == len(logs_and_datasets) > 2
     transactions = {x for _, x, _, _ in logs_and_datasets}
     # auto: every small target's rows in one transaction; keyset: one per target
-    assert len(transactions) == (1 if strategy == "auto" else len(logs_and_datasets))
+    assert len(transactions) == (len(logs_and_datasets) if strategy == "keyset" else 1)
 
 
 def test_groups_are_bounded_by_the_batch_size(pg_url: str, tmp_path: Path) -> None:
