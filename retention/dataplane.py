@@ -843,7 +843,7 @@ def with_rows_left(
             ev.c.object_type == arrays.c.ty,
             ev.c.created < arrays.c.cut,
             up_to(ev, newest_of(chosen)),
-            not_held(ev.c.object_id, _held_in(chosen)),
+            not_held(ev.c.object_id, held_in(chosen)),
         )
         .exists()
     )
@@ -867,7 +867,7 @@ def delete_group(
     if not chosen:
         return {}
     ev = tables.events
-    held = _held_in(chosen)
+    held = held_in(chosen)
     arrays = resolution_arrays(chosen, [limit] * len(chosen))
     first = (
         select(ev.c.sequence_id)
@@ -940,7 +940,7 @@ def groupable(resolutions: Sequence[Resolution]) -> list[Resolution]:
     ]
 
 
-def _held_in(resolutions: Sequence[Resolution]) -> frozenset[UUID]:
+def held_in(resolutions: Sequence[Resolution]) -> frozenset[UUID]:
     return frozenset().union(*(r.held_object_ids for r in resolutions))
 
 
@@ -971,7 +971,7 @@ def _expired_of(
                 ob.c.created < arrays.c.cut,
             ),
         )
-        .where(not_held(ob.c.object_id, _held_in(chosen)))
+        .where(not_held(ob.c.object_id, held_in(chosen)))
     )
 
 
@@ -995,6 +995,23 @@ def _has_rows(tables: DataPlaneTables, object_id: Any) -> ColumnElement[bool]:
     return exists().where(
         ev.c.object_type == ObjectType.EXPERIMENT.value, ev.c.object_id == object_id
     )
+
+
+def expired_experiment_ids_many(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> dict[tuple[UUID, str], list[UUID]]:
+    """``expired_experiment_ids`` for many experiment targets (``groupable``) in one
+    statement; targets with none are missing."""
+    chosen = _experiment_group(resolutions)
+    if not chosen:
+        return {}
+    arrays = resolution_arrays(chosen)
+    found: dict[tuple[UUID, str], list[UUID]] = {}
+    for p, ty, object_id in conn.execute(
+        _expired_of(tables, arrays, chosen, arrays.c.p, arrays.c.ty)
+    ):
+        found.setdefault((p, ty), []).append(object_id)
+    return {key: sorted(ids) for key, ids in found.items()}
 
 
 def experiments_with_rows_left(
@@ -1032,7 +1049,7 @@ def delete_experiment_group(
     ev = tables.events
     kind = ObjectType.EXPERIMENT.value
     newest = newest_of(chosen)
-    held = _held_in(chosen)
+    held = held_in(chosen)
     arrays = resolution_arrays(chosen)
     gone = _expired_of(tables, arrays, chosen, arrays.c.i, arrays.c.p, arrays.c.cut).subquery(
         "retention_gone"
@@ -1122,7 +1139,7 @@ def delete_registry_group(
         return {}
     ob = tables.objects
     kind = ObjectType.EXPERIMENT.value
-    held = _held_in(chosen)
+    held = held_in(chosen)
     arrays = resolution_arrays(chosen)
     ranked = (
         _expired_of(

@@ -306,13 +306,33 @@ def _hold_warnings(
 def identities(conn: Connection, tables: DataPlaneTables, plan: Plan) -> dict[str, Identities]:
     """Which experiments and live segments each target of ``plan`` expires (in its snapshot):
     what a reviewed plan names, so that applying it can refuse ones nobody reviewed."""
+    many = conn.dialect.name == "postgresql"  # most targets in three statements
+    with_objects = [t.resolution for t in plan.targets if t.counts.objects]
+    with_files = [t.resolution for t in plan.targets if t.counts.segments]
+    ids_of = dataplane.expired_experiment_ids_many(conn, tables, with_objects) if many else {}
+    files_of = segments.expired_live_ids_many(conn, tables, with_files) if many else {}
+    grouped = {(r.project_id, r.object_type) for r in dataplane.groupable(plan_resolutions(plan))}
     found = {}
     for target in plan.targets:
         r, c = target.resolution, target.counts
-        experiments = dataplane.expired_experiment_ids(conn, tables, r) if c.objects else []
-        files = segments.expired_live_ids(conn, tables, r) if c.segments else []
+        key = (r.project_id, r.object_type.value)
+        alone = not many or (r.project_id, r.object_type) not in grouped
+        experiments = (
+            (dataplane.expired_experiment_ids(conn, tables, r) if alone else ids_of.get(key, []))
+            if c.objects
+            else []
+        )
+        files = (
+            (segments.expired_live_ids(conn, tables, r) if alone else files_of.get(key, []))
+            if c.segments
+            else []
+        )
         found[target.key] = Identities(
             experiments=tuple(str(i) for i in experiments),
             segments=tuple(str(i) for i in files),
         )
     return found
+
+
+def plan_resolutions(plan: Plan) -> list[Resolution]:
+    return [t.resolution for t in plan.targets]

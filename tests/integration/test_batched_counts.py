@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from retention import dataplane, planner
+from retention import dataplane, planner, segments
 from retention.db import make_engine, parse_database_url, snapshot
 from retention.models import ObjectType
 from tests.conftest import engine_for
@@ -58,11 +58,27 @@ def test_every_batched_count_is_the_one_target_count(
             alone = {
                 t.key: planner._counts(conn, w.tables, t.resolution, {}, {}) for t in plan.targets
             }
+            # what a plan file names: the same, found for most targets at once
+            named = planner.identities(conn, w.tables, plan)
+            one_each = {
+                t.key: (
+                    [str(i) for i in dataplane.expired_experiment_ids(conn, w.tables, t.resolution)]
+                    if t.counts.objects
+                    else [],
+                    [str(i) for i in segments.expired_live_ids(conn, w.tables, t.resolution)]
+                    if t.counts.segments
+                    else [],
+                )
+                for t in plan.targets
+            }
     finally:
         engine.dispose()
     assert len(plan.targets) == 3 * len(projects)
     for target in plan.targets:
         assert target.counts == alone[target.key], (target.key, target.counts)
+        found = named[target.key]
+        assert (list(found.experiments), list(found.segments)) == one_each[target.key]
+    assert any(n.experiments for n in named.values()) and any(n.segments for n in named.values())
     # only targets with held or misfiled objects in them were counted on their own
     assert sorted(one_by_one) == sorted(
         t.key
