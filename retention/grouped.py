@@ -170,7 +170,6 @@ def _group(
     left = rows_left(ctx.conn, ctx.tables, short) if short else set()
     done: dict[str, Checkpoint] = {}
     receipts: list[dict[str, Any]] = []
-    new: list[tuple[Any, str, Checkpoint]] = []
     for target in group:
         result = deleted.get((target.project_id, target.object_type.value))
         rows = rows_of(target)
@@ -195,35 +194,64 @@ def _group(
                     keys_digest=result.digest,
                 )
             )
-        if checkpoint.phase is Phase.SEGMENTS:
-            marked = segments.mark_batch(
-                ctx.conn, ctx.tables, target.resolution, None, ctx.batch_size, now
-            )
-            more = marked.segments >= ctx.batch_size or (
-                marked.segments < target.counts.segments
-                and segments.marks_left(ctx.conn, ctx.tables, target.resolution, marked.last)
-            )
-            checkpoint = replace(
-                checkpoint,
-                phase=Phase.SEGMENTS if more else after_segments(target),
-                segment_cursor=marked.last,
-                segments=checkpoint.segments + marked.segments,
-                bytes=checkpoint.bytes + marked.bytes,
-                batches=checkpoint.batches + 1,
-            )
-            if marked.segments:
-                receipts.append(
-                    _receipt(target, action="mark", segments=marked.segments, bytes=marked.bytes)
-                )
         done[target.key] = checkpoint
-        if target.key not in there:
-            new.append((target.project_id, target.object_type.value, checkpoint))
+    marking = [t for t in group if done[t.key].phase is Phase.SEGMENTS]
+    marks, unfinished = _marks(ctx, marking, now)
+    for target in marking:
+        checkpoint = done[target.key]
+        marked = marks[target.key]
+        more = marked.segments >= ctx.batch_size or target.key in unfinished
+        done[target.key] = replace(
+            checkpoint,
+            phase=Phase.SEGMENTS if more else after_segments(target),
+            segment_cursor=marked.last,
+            segments=checkpoint.segments + marked.segments,
+            bytes=checkpoint.bytes + marked.bytes,
+            batches=checkpoint.batches + 1,
+        )
+        if marked.segments:
+            receipts.append(
+                _receipt(target, action="mark", segments=marked.segments, bytes=marked.bytes)
+            )
+    new = [(t.project_id, t.object_type.value, done[t.key]) for t in group if t.key not in there]
     state.update_checkpoints(
         ctx.conn, ctx.run_id, [c for key, c in done.items() if key in there], clock=now
     )
     state.insert_checkpoints(ctx.conn, ctx.run_id, new, clock=now)
     state.add_receipts(ctx.conn, ctx.run_id, receipts, clock=now)
     return done
+
+
+def _marks(
+    ctx: BatchContext, targets: list[Target], now: Any
+) -> tuple[dict[str, segments.MarkResult], set[str]]:
+    """The first mark batch of each of these targets (a group of one kind), and which of
+    them have expired live segments left: in two statements when every one is groupable
+    without a reviewed plan's list of segments, else target by target."""
+    resolutions = [t.resolution for t in targets]
+    together = all(r.reviewed_segments is None for r in resolutions) and len(
+        dataplane.groupable(resolutions)
+    ) == len(resolutions)
+    if not together:
+        marks = {
+            t.key: segments.mark_batch(
+                ctx.conn, ctx.tables, t.resolution, None, ctx.batch_size, now
+            )
+            for t in targets
+        }
+        unfinished = {
+            t.key
+            for t in targets
+            if marks[t.key].segments < ctx.batch_size
+            and segments.marks_left(ctx.conn, ctx.tables, t.resolution, marks[t.key].last)
+        }
+        return marks, unfinished
+    found = segments.mark_group(ctx.conn, ctx.tables, resolutions, ctx.batch_size, now)
+    none = segments.MarkResult(segments=0, bytes=0, last=None)
+    marks = {t.key: found.get((t.project_id, t.object_type.value), none) for t in targets}
+    short = [t.resolution for t in targets if marks[t.key].segments < ctx.batch_size]
+    left = segments.with_marks_left(ctx.conn, ctx.tables, short) if short else set()
+    return marks, {t.key for t in targets if (t.project_id, t.object_type.value) in left}
 
 
 def _registry_group(

@@ -400,6 +400,109 @@ def mark_batch(
     return MarkResult(segments=len(marked), bytes=sum(int(row[1]) for row in marked), last=last)
 
 
+def _group_expired(
+    tables: DataPlaneTables, chosen: Sequence[Resolution], t: Any
+) -> ColumnElement[bool]:
+    """``expired`` for a group of ``groupable`` targets of one kind, against the columns
+    ``p``, ``ty`` and ``cut`` of ``t`` (the arrays, or the picked rows), held objects out."""
+    sg, ob = tables.segments, tables.objects
+    kind = ObjectType.EXPERIMENT.value
+    held = held_in(chosen)
+    if chosen[0].object_type is not ObjectType.EXPERIMENT:
+        gone: ColumnElement[bool] = sg.c.max_created < t.c.cut
+    else:
+        entry = ob.alias("retention_entry")
+        gone = or_(
+            exists().where(
+                ob.c.object_type == kind,
+                ob.c.object_id == sg.c.object_id,
+                ob.c.project_id == t.c.p,
+                ob.c.created < t.c.cut,
+                not_held(ob.c.object_id, held),
+            ),
+            ~exists().where(entry.c.object_type == kind, entry.c.object_id == sg.c.object_id),
+        )
+    return and_(
+        sg.c.project_id == t.c.p,
+        sg.c.object_type == t.c.ty,
+        sg.c.state == LIVE,
+        gone,
+        not_held(sg.c.object_id, held),
+    )
+
+
+def _one_kind(resolutions: Sequence[Resolution]) -> list[Resolution]:
+    chosen = [r for r in groupable(resolutions) if r.reviewed_segments is None]
+    assert len(chosen) == len(resolutions), "only groupable targets, no reviewed segments"
+    kinds = {r.object_type is ObjectType.EXPERIMENT for r in chosen}
+    assert len(kinds) <= 1, "a group is of one kind"
+    return chosen
+
+
+def mark_group(
+    conn: Connection,
+    tables: DataPlaneTables,
+    resolutions: Sequence[Resolution],
+    limit: int,
+    clock: datetime,
+) -> dict[Pair, MarkResult]:
+    """``mark_batch`` from the start for a group of targets of one kind (``groupable``,
+    no reviewed plan's segments) in one statement: up to ``limit`` each, in segment-id
+    order, re-checked in the UPDATE. Per target, marking searched the whole index of
+    segments (no index on project_id in the reference schema)."""
+    chosen = _one_kind(resolutions)
+    if not chosen:
+        return {}
+    sg = tables.segments
+    t = resolution_arrays(chosen)
+    ranked = (
+        select(
+            t.c.i,
+            t.c.p,
+            t.c.ty,
+            t.c.cut,
+            sg.c.segment_id,
+            func.row_number().over(partition_by=t.c.i, order_by=sg.c.segment_id).label("n"),
+        )
+        .select_from(t)
+        .join(sg, _group_expired(tables, chosen, t))
+        .subquery("retention_ranked")
+    )
+    picked = select(ranked).where(ranked.c.n <= limit).cte("retention_picked")
+    statement = (
+        update(sg)
+        .where(sg.c.segment_id == picked.c.segment_id, _group_expired(tables, chosen, picked))
+        .values(state=UNUSED, unused_at=clock)
+        .returning(picked.c.i, sg.c.segment_id, sg.c.byte_size)
+    )
+    found: dict[int, list[tuple[UUID, int]]] = {}
+    for i, segment_id, size in conn.execute(statement):
+        found.setdefault(int(i), []).append((segment_id, int(size)))
+    return {
+        (chosen[i - 1].project_id, chosen[i - 1].object_type.value): MarkResult(
+            segments=len(marked), bytes=sum(n for _, n in marked), last=max(s for s, _ in marked)
+        )
+        for i, marked in found.items()
+    }
+
+
+def with_marks_left(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> set[Pair]:
+    """``marks_left`` from the start for a group of targets of one kind, in one statement."""
+    chosen = _one_kind(resolutions)
+    if not chosen:
+        return set()
+    t = resolution_arrays(chosen)
+    query = (
+        select(t.c.p, t.c.ty)
+        .select_from(t)
+        .join(tables.segments, _group_expired(tables, chosen, t))
+        .distinct()
+    )
+    return {(p, ty) for p, ty in conn.execute(query)}
+
+
 def marks_left(
     conn: Connection, tables: DataPlaneTables, resolution: Resolution, after: UUID | None
 ) -> bool:
