@@ -2,7 +2,7 @@
 
     python bench/bench_deleter.py [--rows 1000000] [--steady | --partitioned] [--repeat 2]
                                   [--fast] [--memory-only] [--workers N] [--connections N]
-                                  [--projects 50] [--blocks]
+                                  [--projects 50] [--blocks] [--all-types] [--rules] [--holds N]
 
 Starts a throwaway PostgreSQL cluster (durable settings unless --fast), loads the reference
 schema with ROWS log rows of 50 projects (--projects) interleaved on the heap, `created`
@@ -19,6 +19,11 @@ one-statement DELETE measured in the same run, with the longest transaction of e
   --connections N  also the backlog purged with RETENTION_SWEEP_CONNECTIONS=N (default 2)
   --projects N   the rows spread over N projects (50): many small targets
   --blocks       also the purge with every target swept (RETENTION_DELETE_STRATEGY=blocks)
+  --all-types    half the rows logs, a quarter dataset rows, a quarter rows of 4 experiments
+                 a project (whole experiments expire by their registry entry), policies for all
+                 three types; the one DELETE and the count take the same rows
+  --rules        a [[projects]] rule per project (as an automation per project would be)
+  --holds N      object holds on N experiments (all types): kept by every approach
 
 Also: the dry run against an exact grouped count(*) of the expired rows. Not part of the
 test command.
@@ -69,6 +74,62 @@ SELECT 'project_logs', p, p, 'p' || g, now() - interval '400 days'
 FROM generate_series(0, {projects} - 1) g,
      LATERAL (SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid AS p) x
 """
+# --all-types: a dataset and 4 experiments a project; experiment e of project e % projects
+# was created (10 + e * 37 % 110) days ago, its rows within a day after that
+OBJECTS_ALL = """
+INSERT INTO objects (object_type, object_id, project_id, name, created)
+SELECT 'dataset', ('00000000-0000-4000-9000-' || lpad(g::text, 12, '0'))::uuid,
+       ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 'd' || g,
+       now() - interval '400 days'
+FROM generate_series(0, {projects} - 1) g;
+INSERT INTO objects (object_type, object_id, project_id, name, created)
+SELECT 'experiment', ('00000000-0000-4000-a000-' || lpad(e::text, 12, '0'))::uuid,
+       ('00000000-0000-4000-8000-' || lpad((e %% {projects})::text, 12, '0'))::uuid, 'e' || e,
+       now() - interval '1 day' * (10 + e * 37 %% 110)
+FROM generate_series(0, 4 * {projects} - 1) e
+"""
+LOAD_ALL = """
+INSERT INTO events (object_type, object_id, project_id, id, _xact_id, created, data)
+SELECT ty, oid, p, 'r' || g, g, at, jsonb_build_object('input', repeat(md5(g::text), 12))
+FROM generate_series(1, {rows}) g,
+     LATERAL (SELECT ('00000000-0000-4000-8000-' || lpad((g %% {projects})::text, 12, '0'))::uuid
+              AS p, (g / {projects}) %% 4 AS kind, (g / (4 * {projects})) %% 4 AS nth) x,
+     LATERAL (SELECT CASE WHEN kind < 2 THEN 'project_logs'
+                          WHEN kind = 2 THEN 'dataset' ELSE 'experiment' END AS ty,
+                     CASE WHEN kind < 2 THEN p
+                          WHEN kind = 2 THEN ('00000000-0000-4000-9000-'
+                                              || lpad((g %% {projects})::text, 12, '0'))::uuid
+                          ELSE ('00000000-0000-4000-a000-'
+                                || lpad((nth * {projects} + g %% {projects})::text, 12, '0'))::uuid
+                     END AS oid,
+                     CASE WHEN kind < 3 THEN now() - (random() * interval '120 days')
+                          ELSE now() - interval '1 day'
+                               * (10 + (nth * {projects} + g %% {projects}) * 37 %% 110)
+                               + random() * interval '1 day' END AS at) y
+"""
+# what every approach deletes (held experiments: the first --holds of them)
+DELETE_ALL = """
+DELETE FROM events WHERE
+((object_type IN ('project_logs', 'dataset') AND created < %(c)s)
+ OR (object_type = 'experiment' AND object_id IN (
+       SELECT object_id FROM objects WHERE object_type = 'experiment' AND created < %(c)s
+       AND object_id <> ALL(%(held)s))))
+"""
+COUNT_ALL = """
+SELECT project_id, object_type, count(*) FROM events WHERE
+((object_type IN ('project_logs', 'dataset') AND created < %(c)s)
+ OR (object_type = 'experiment' AND object_id IN (
+       SELECT object_id FROM objects WHERE object_type = 'experiment' AND created < %(c)s
+       AND object_id <> ALL(%(held)s))))
+GROUP BY 1, 2
+"""
+SHAPE: dict[str, Any] = {"all_types": False, "rules": False, "holds": [], "projects": PROJECTS}
+
+
+def held_experiments(count: int) -> list[str]:
+    return [f"00000000-0000-4000-a000-{e:012d}" for e in range(count)]
+
+
 PARTITIONED = [
     "DROP TABLE events",
     """CREATE TABLE events (
@@ -112,10 +173,19 @@ def one_statement(url: str, cutoff: dt.datetime) -> dict[str, float]:
     with admin(url).connect() as conn:
         started = time.perf_counter()
         conn.exec_driver_sql("BEGIN")
-        rows = conn.exec_driver_sql(
-            "DELETE FROM events WHERE object_type = 'project_logs' AND created < %(c)s",
-            {"c": cutoff},
-        ).rowcount
+        if SHAPE["all_types"]:
+            held = {"c": cutoff, "held": SHAPE["holds"]}
+            rows = conn.exec_driver_sql(DELETE_ALL, held).rowcount
+            conn.exec_driver_sql(
+                "DELETE FROM objects WHERE object_type = 'experiment' AND created < %(c)s "
+                "AND object_id <> ALL(%(held)s)",
+                held,
+            )
+        else:
+            rows = conn.exec_driver_sql(
+                "DELETE FROM events WHERE object_type = 'project_logs' AND created < %(c)s",
+                {"c": cutoff},
+            ).rowcount
         conn.exec_driver_sql("COMMIT")
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "rows": rows, "longest": seconds}
@@ -123,7 +193,17 @@ def one_statement(url: str, cutoff: dt.datetime) -> dict[str, float]:
 
 def policies(folder: Path, days: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bench.toml").write_text(f"[defaults]\nproject_logs = {days}\n")
+    types = ("project_logs", "dataset", "experiment") if SHAPE["all_types"] else ("project_logs",)
+    lines = ["[defaults]", *(f"{t} = {days}" for t in types)]
+    if SHAPE["rules"]:
+        for g in range(SHAPE["projects"]):
+            lines += ["[[projects]]", f'id = "00000000-0000-4000-8000-{g:012d}"']
+            lines += [f"{t} = {days}" for t in types]
+    for e, held in enumerate(SHAPE["holds"]):
+        project = f"00000000-0000-4000-8000-{e % SHAPE['projects']:012d}"
+        lines += ["[[holds]]", f'project = "{project}"', 'object_type = "experiment"']
+        lines += [f'object_id = "{held}"', 'reason = "bench"']
+    (folder / "bench.toml").write_text("\n".join(lines) + "\n")
     return folder
 
 
@@ -171,11 +251,14 @@ def with_helpers(
 def grouped_count(url: str, cutoff: dt.datetime) -> float:
     with admin(url).connect() as conn:
         started = time.perf_counter()
-        conn.exec_driver_sql(
-            "SELECT project_id, count(*) FROM events WHERE object_type = 'project_logs' "
-            "AND created < %(c)s GROUP BY 1",
-            {"c": cutoff},
-        ).all()
+        if SHAPE["all_types"]:
+            conn.exec_driver_sql(COUNT_ALL, {"c": cutoff, "held": SHAPE["holds"]}).all()
+        else:
+            conn.exec_driver_sql(
+                "SELECT project_id, count(*) FROM events WHERE object_type = 'project_logs' "
+                "AND created < %(c)s GROUP BY 1",
+                {"c": cutoff},
+            ).all()
         return time.perf_counter() - started
 
 
@@ -234,7 +317,12 @@ def load(tmpl: str, rows: int, partitioned: bool, projects: int = PROJECTS) -> d
                 )
             conn.exec_driver_sql("CREATE TABLE events_default PARTITION OF events DEFAULT")
         conn.exec_driver_sql(OBJECTS.format(projects=projects))
-        conn.exec_driver_sql(LOAD.format(rows=rows, projects=projects))
+        if SHAPE["all_types"]:
+            for statement in OBJECTS_ALL.format(projects=projects).split(";"):
+                conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(LOAD_ALL.format(rows=rows, projects=projects))
+        else:
+            conn.exec_driver_sql(LOAD.format(rows=rows, projects=projects))
     engine = make_engine(parse_database_url(tmpl))
     migrate.upgrade(engine)
     engine.dispose()
@@ -296,7 +384,7 @@ def _approaches(
     return approaches
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     mode = parser.add_mutually_exclusive_group()
@@ -320,7 +408,20 @@ def main() -> None:
         default=2,
         help="also the purge with RETENTION_SWEEP_CONNECTIONS=N (backlog; 1: not)",
     )
-    args = parser.parse_args()
+    parser.add_argument("--all-types", action="store_true", help="logs, datasets, experiments")
+    parser.add_argument("--rules", action="store_true", help="a per-project rule each")
+    parser.add_argument("--holds", type=int, default=0, help="held experiments (--all-types)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
+    SHAPE.update(
+        all_types=args.all_types,
+        rules=args.rules,
+        holds=held_experiments(args.holds) if args.all_types else [],
+        projects=args.projects,
+    )
     days = 119 if args.steady else 60
     work = Path(tempfile.mkdtemp(prefix="retention-bench-"))
     with throwaway_cluster(durable=not args.fast) as cluster:
@@ -333,7 +434,8 @@ def main() -> None:
         print(
             f"rows={args.rows} projects={args.projects} durable={not args.fast} "
             f"expired_age_days={days} "
-            f"partitioned={args.partitioned} load_s={time.perf_counter() - started:.1f}"
+            f"partitioned={args.partitioned} all_types={args.all_types} rules={args.rules} "
+            f"holds={args.holds} load_s={time.perf_counter() - started:.1f}"
         )
         if args.memory_only:
             url = copy(server, "mem", cluster.url_for)
