@@ -248,6 +248,25 @@ def count_many(
     return found
 
 
+def _experiment_gone(tables: DataPlaneTables, t: Any, held: frozenset[UUID]) -> Any:
+    """A live experiment segment ``expired`` for the target in columns ``p`` and ``cut``
+    of ``t``: its experiment's registry entry in the project expired (and is not held), or
+    no registry has its experiment."""
+    sg, ob = tables.segments, tables.objects
+    kind = ObjectType.EXPERIMENT.value
+    entry = ob.alias("retention_entry")
+    return or_(
+        exists().where(
+            ob.c.object_type == kind,
+            ob.c.object_id == sg.c.object_id,
+            ob.c.project_id == t.c.p,
+            ob.c.created < t.c.cut,
+            not_held(ob.c.object_id, held),
+        ),
+        ~exists().where(entry.c.object_type == kind, entry.c.object_id == sg.c.object_id),
+    )
+
+
 def count_experiments(
     conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
 ) -> dict[tuple[UUID, str], SegmentCounts]:
@@ -257,19 +276,10 @@ def count_experiments(
     chosen = experiment_batchable(resolutions)
     if not chosen:
         return {}
-    sg, ob = tables.segments, tables.objects
+    sg = tables.segments
     kind = ObjectType.EXPERIMENT.value
     t = resolution_arrays(chosen)
-    entry = ob.alias("retention_entry")
-    gone = or_(
-        exists().where(
-            ob.c.object_type == kind,
-            ob.c.object_id == sg.c.object_id,
-            ob.c.project_id == t.c.p,
-            ob.c.created < t.c.cut,
-        ),
-        ~exists().where(entry.c.object_type == kind, entry.c.object_id == sg.c.object_id),
-    )
+    gone = _experiment_gone(tables, t, frozenset())
     query = (
         select(
             t.c.p,
@@ -327,37 +337,17 @@ def expired_live_ids_many(
     datasets then experiments, each segment of a held object kept out (a hold's object is
     in one target: keeping it out of all keeps nothing the one-target form names)."""
     chosen = groupable(resolutions)
-    sg, ob = tables.segments, tables.objects
-    kind = ObjectType.EXPERIMENT.value
+    sg = tables.segments
     found: dict[tuple[UUID, str], list[UUID]] = {}
     for experiments in (False, True):
         mine = [r for r in chosen if (r.object_type is ObjectType.EXPERIMENT) is experiments]
         if not mine:
             continue
         t = resolution_arrays(mine)
-        entry = ob.alias("retention_entry")
-        gone = (
-            or_(
-                exists().where(
-                    ob.c.object_type == kind,
-                    ob.c.object_id == sg.c.object_id,
-                    ob.c.project_id == t.c.p,
-                    ob.c.created < t.c.cut,
-                    not_held(ob.c.object_id, held_in(mine)),
-                ),
-                ~exists().where(entry.c.object_type == kind, entry.c.object_id == sg.c.object_id),
-            )
-            if experiments
-            else sg.c.max_created < t.c.cut
-        )
         query = (
             select(t.c.p, t.c.ty, sg.c.segment_id)
             .select_from(t)
-            .join(
-                sg,
-                and_(sg.c.project_id == t.c.p, sg.c.object_type == t.c.ty, sg.c.state == LIVE),
-            )
-            .where(gone, not_held(sg.c.object_id, held_in(mine)))
+            .join(sg, _group_expired(tables, mine, t))
         )
         for p, ty, segment_id in conn.execute(query):
             found.setdefault((p, ty), []).append(segment_id)
@@ -405,23 +395,12 @@ def _group_expired(
 ) -> ColumnElement[bool]:
     """``expired`` for a group of ``groupable`` targets of one kind, against the columns
     ``p``, ``ty`` and ``cut`` of ``t`` (the arrays, or the picked rows), held objects out."""
-    sg, ob = tables.segments, tables.objects
-    kind = ObjectType.EXPERIMENT.value
+    sg = tables.segments
     held = held_in(chosen)
     if chosen[0].object_type is not ObjectType.EXPERIMENT:
         gone: ColumnElement[bool] = sg.c.max_created < t.c.cut
     else:
-        entry = ob.alias("retention_entry")
-        gone = or_(
-            exists().where(
-                ob.c.object_type == kind,
-                ob.c.object_id == sg.c.object_id,
-                ob.c.project_id == t.c.p,
-                ob.c.created < t.c.cut,
-                not_held(ob.c.object_id, held),
-            ),
-            ~exists().where(entry.c.object_type == kind, entry.c.object_id == sg.c.object_id),
-        )
+        gone = _experiment_gone(tables, t, held)
     return and_(
         sg.c.project_id == t.c.p,
         sg.c.object_type == t.c.ty,
