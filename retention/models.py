@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from uuid import UUID
 
 
@@ -202,7 +203,7 @@ class Resolution:
     def deletes(self) -> bool:
         return self.cutoff is not None
 
-    @property
+    @cached_property  # (a frozen dataclass: computed once per instance)
     def held_object_ids(self) -> frozenset[UUID]:
         held = frozenset(h.object_id for h in self.object_holds if h.object_id is not None)
         return held | self.kept_whole
@@ -241,7 +242,7 @@ class Target:
     resolution: Resolution
     counts: TargetCounts = field(default_factory=TargetCounts)
 
-    @property
+    @cached_property  # (a frozen dataclass: computed once per instance)
     def key(self) -> str:
         return f"{self.resolution.project_id}/{self.resolution.object_type}"
 

@@ -190,3 +190,19 @@ def test_auto_sweeps_only_targets_worth_it(
     for key, n in expired.items():
         if key not in wanted and n <= batch:  # grouped: one receipt
             assert sum(1 for t, *_ in receipts if t == key) == 1, key
+
+
+def test_existing_checkpoints_finds_exactly_the_runs_targets(pg_url: str, tmp_path: Path) -> None:
+    """Which of a group's targets have a checkpoint in the run, whatever the keys spell."""
+    from retention import state
+
+    _, _, policy_dir, engine = _setup(pg_url, tmp_path, seed=45)
+    report = purge(worker(pg_url, policy_dir))
+    assert report.run_id is not None
+    keys = [o.target.key for o in report.outcomes if o.rows or o.objects]
+    assert keys
+    odd = ['x"y/z', "back\\slash", "{brace},comma"]
+    with engine.connect() as conn:
+        found = state.existing_checkpoints(conn, report.run_id, [*keys, *odd])
+        assert found == set(keys)
+        assert state.existing_checkpoints(conn, report.run_id + 1, keys) == set()
