@@ -44,13 +44,14 @@ log = logging.getLogger(__name__)
 def eligible(
     targets: Sequence[Target], found: dict[str, Checkpoint], batch_size: int
 ) -> list[Target]:
-    """Targets whose rows (and, for experiments, registry entries) fit in one batch, not
+    """Targets whose rows, registry entries and segments each fit in one batch, not
     started yet in this run (or started over for a changed cutoff), of the kinds the
     grouped deletes take (``dataplane.groupable``)."""
     chosen = []
     for target in targets:
         r = target.resolution
-        fits = target.counts.rows <= batch_size and target.counts.objects <= batch_size
+        counts = target.counts
+        fits = max(counts.rows, counts.objects, counts.segments) <= batch_size
         if not fits or not dataplane.groupable([r]):
             continue
         checkpoint = found.get(target.key)
@@ -66,16 +67,16 @@ def eligible(
 
 def groups(targets: Sequence[Target], batch_size: int) -> list[list[Target]]:
     """The targets in their order, logs and datasets first, then experiments (a group is
-    of one kind), up to ``batch_size`` planned rows and registry entries per group, each
-    target counting at least one (a group of targets with only segments to mark stays
-    bounded too)."""
+    of one kind), up to ``batch_size`` planned rows, registry entries and segments per
+    group, each target counting at least one."""
     out: list[list[Target]] = []
     for kind in (False, True):
         load = batch_size + 1  # a new group first
         for target in targets:
             if (target.object_type is ObjectType.EXPERIMENT) is not kind:
                 continue
-            weight = max(target.counts.rows + target.counts.objects, 1)
+            counts = target.counts
+            weight = max(counts.rows + counts.objects + counts.segments, 1)
             if load + weight > batch_size:
                 out.append([])
                 load = 0
@@ -102,11 +103,13 @@ def purge_small_targets(
     for planned in groups(targets, ctx.batch_size):
         if ctx.should_stop():
             break
-        if not _transaction(ctx, _unheld(ctx, planned), _group, out):
+        group = _unheld(ctx, planned)
+        if not _transaction(ctx, group, _group, out):
             continue
         # experiments: their registry entries in a transaction of their own, after their
-        # rows committed (as the per-target path does)
-        ready = [t for t in planned if out.checkpoints[t.key].phase is Phase.REGISTRY]
+        # rows committed (as the per-target path does); only the targets whose rows this
+        # group just finished (a target a new hold took out goes alone)
+        ready = [t for t in group if out.checkpoints[t.key].phase is Phase.REGISTRY]
         if ready and not ctx.should_stop():
             _transaction(ctx, _unheld(ctx, ready), _registry_group, out)
     return out

@@ -255,15 +255,18 @@ def _experiment_gone(tables: DataPlaneTables, t: Any, held: frozenset[UUID]) -> 
     sg, ob = tables.segments, tables.objects
     kind = ObjectType.EXPERIMENT.value
     entry = ob.alias("retention_entry")
-    return or_(
-        exists().where(
-            ob.c.object_type == kind,
-            ob.c.object_id == sg.c.object_id,
-            ob.c.project_id == t.c.p,
-            ob.c.created < t.c.cut,
-            not_held(ob.c.object_id, held),
+    return and_(
+        sg.c.object_id.is_not(None),  # (``expired``'s NOT IN never takes one without)
+        or_(
+            exists().where(
+                ob.c.object_type == kind,
+                ob.c.object_id == sg.c.object_id,
+                ob.c.project_id == t.c.p,
+                ob.c.created < t.c.cut,
+                not_held(ob.c.object_id, held),
+            ),
+            ~exists().where(entry.c.object_type == kind, entry.c.object_id == sg.c.object_id),
         ),
-        ~exists().where(entry.c.object_type == kind, entry.c.object_id == sg.c.object_id),
     )
 
 

@@ -235,3 +235,79 @@ def test_rows_and_entries_written_after_the_plan_still_go(
     assert registry(engine_for(pg_url)) == set()
     outcomes = {o.target.project_id: (o.rows, o.objects) for o in done.outcomes}
     assert outcomes == {projects[0]: (2, 1), projects[1]: (1, 2), projects[2]: (1, 1)}
+
+
+def test_a_hold_on_one_target_before_its_group_leaves_the_rest_of_the_group(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hold that comes before a group's transaction takes its target out of the group;
+    the others go on (the run used to stop with a KeyError after that transaction)."""
+    from retention import grouped
+
+    s = Scenario()
+    projects = [UUID(int=i + 1, version=4) for i in range(3)]
+    for i, p in enumerate(projects):
+        s.add_object("project_logs", p, p, NOW - timedelta(days=400))
+        s.add_event("project_logs", p, p, NOW - timedelta(days=60), f"{i}-old")
+        s.add_event("project_logs", p, p, NOW - timedelta(days=1), f"{i}-new")
+        e = UUID(int=100 + i, version=4)
+        s.add_object("experiment", e, p, NOW - timedelta(days=90))
+        s.add_event("experiment", e, p, NOW - timedelta(days=89), f"{i}-experiment")
+    insert(engine_for(pg_url), s)
+    policies = write_policies(tmp_path / "p", policy_toml({"project_logs": 30, "experiment": 30}))
+    real = grouped.purge_small_targets
+
+    def then_a_hold(ctx, targets, found):  # type: ignore[no-untyped-def]
+        (policies / "hold.toml").write_text(
+            policy_toml(holds=[{"project": str(projects[1]), "reason": "legal"}])
+        )
+        return real(ctx, targets, found)
+
+    monkeypatch.setattr(grouped, "purge_small_targets", then_a_hold)
+    done = purge(worker(pg_url, policies))
+    assert done.status is RunStatus.SUCCEEDED
+    assert surviving_rows(engine_for(pg_url)) == {
+        "0-new",
+        "1-old",
+        "1-new",
+        "1-experiment",
+        "2-new",
+    }
+    assert registry(engine_for(pg_url)) == {
+        *(("project_logs", str(p)) for p in projects),
+        ("experiment", str(UUID(int=101, version=4))),
+    }
+    notes = {o.target.key: o.note for o in done.outcomes if o.note}
+    assert set(notes) == {f"{projects[1]}/project_logs", f"{projects[1]}/experiment"}
+
+
+def test_a_segment_without_an_object_id_is_not_marked_in_a_group(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """On a schema whose segments.object_id allows NULL, the one-target condition (NOT
+    IN) never expires such a segment; the grouped one must not either."""
+    with engine_for(pg_url).begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE segments ALTER COLUMN object_id DROP NOT NULL")
+    s = Scenario()
+    p, e = UUID(int=1, version=4), UUID(int=100, version=4)
+    old = NOW - timedelta(days=90)
+    s.add_object("experiment", e, p, old)
+    s.add_event("experiment", e, p, old, "row")
+    s.add_segment("experiment", e, p, old, old)
+    nameless = s.add_segment("experiment", e, p, old, old)
+    insert(engine_for(pg_url), s)
+    with engine_for(pg_url).begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE segments SET object_id = NULL WHERE segment_id = %(s)s",
+            {"s": nameless["segment_id"]},
+        )
+    for row in s.segments:
+        path = tmp_path / "store" / row["object_key"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"segment")
+    policies = write_policies(tmp_path / "p", policy_toml({"experiment": 30}))
+    done = purge(worker(pg_url, policies, object_store_url=f"file://{tmp_path / 'store'}"))
+    assert done.status is RunStatus.SUCCEEDED
+    files = _state(pg_url)[2]
+    assert files[str(nameless["segment_id"])] == "live"
+    assert sorted(files.values()) == ["live", "unused"]

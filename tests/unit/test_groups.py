@@ -65,3 +65,9 @@ def test_experiments_go_after_the_rows_in_groups_of_their_own() -> None:
     logs, experiment = _target(10), _target(5, 2, experiment=True)
     found = groups([experiment, logs, experiment, logs], 100)
     assert found == [[logs, logs], [experiment, experiment]]
+
+
+def test_segments_to_mark_weigh_too() -> None:
+    """A group's marks are bounded like its rows: a target weighs its planned segments."""
+    marking = replace(_target(0), counts=replace(TargetCounts(), segments=40))
+    assert [len(g) for g in groups([marking] * 5, 100)] == [2, 2, 1]
