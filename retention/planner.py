@@ -311,28 +311,31 @@ def identities(conn: Connection, tables: DataPlaneTables, plan: Plan) -> dict[st
     with_files = [t.resolution for t in plan.targets if t.counts.segments]
     ids_of = dataplane.expired_experiment_ids_many(conn, tables, with_objects) if many else {}
     files_of = segments.expired_live_ids_many(conn, tables, with_files) if many else {}
-    grouped = {(r.project_id, r.object_type) for r in dataplane.groupable(plan_resolutions(plan))}
+    together = {
+        (r.project_id, r.object_type.value)
+        for r in dataplane.groupable([t.resolution for t in plan.targets])
+        if many
+    }
     found = {}
     for target in plan.targets:
         r, c = target.resolution, target.counts
         key = (r.project_id, r.object_type.value)
-        alone = not many or (r.project_id, r.object_type) not in grouped
-        experiments = (
-            (dataplane.expired_experiment_ids(conn, tables, r) if alone else ids_of.get(key, []))
-            if c.objects
-            else []
-        )
-        files = (
-            (segments.expired_live_ids(conn, tables, r) if alone else files_of.get(key, []))
-            if c.segments
-            else []
-        )
+        experiments: list[UUID] = []
+        files: list[UUID] = []
+        if c.objects:
+            experiments = (
+                ids_of.get(key, [])
+                if key in together
+                else dataplane.expired_experiment_ids(conn, tables, r)
+            )
+        if c.segments:
+            files = (
+                files_of.get(key, [])
+                if key in together
+                else segments.expired_live_ids(conn, tables, r)
+            )
         found[target.key] = Identities(
             experiments=tuple(str(i) for i in experiments),
             segments=tuple(str(i) for i in files),
         )
     return found
-
-
-def plan_resolutions(plan: Plan) -> list[Resolution]:
-    return [t.resolution for t in plan.targets]
