@@ -3,6 +3,7 @@
     python bench/bench_deleter.py [--rows 1000000] [--steady | --partitioned] [--repeat 2]
                                   [--fast] [--memory-only] [--workers N] [--connections N]
                                   [--projects 50] [--blocks] [--all-types] [--rules] [--holds N]
+                                  [--plan]
 
 Starts a throwaway PostgreSQL cluster (durable settings unless --fast), loads the reference
 schema with ROWS log rows of 50 projects (--projects) interleaved on the heap, `created`
@@ -24,6 +25,8 @@ one-statement DELETE measured in the same run, with the longest transaction of e
                  three types; the one DELETE and the count take the same rows
   --rules        a [[projects]] rule per project (as an automation per project would be)
   --holds N      object holds on N experiments (all types): kept by every approach
+  --plan         also `retention purge --plan FILE`: a JSON dry run written to a plan file
+                 (not timed), then the purge applying it (the reviewed workflow)
 
 Also: the dry run against an exact grouped count(*) of the expired rows. Not part of the
 test command.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import resource
 import statistics
@@ -50,8 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from retention import engine as engine_module  # noqa: E402
-from retention import migrate  # noqa: E402
+from retention import migrate, planfile  # noqa: E402
 from retention.db import make_engine, parse_database_url  # noqa: E402
+from retention.report import report_document  # noqa: E402
 from retention.settings import load_settings  # noqa: E402
 from tests.pg import throwaway_cluster  # noqa: E402
 from tests.support import PG_DDL  # noqa: E402
@@ -224,6 +229,28 @@ def retention_purge(
     }
 
 
+def reviewed_purge(
+    url: str, now: dt.datetime, days: int, work: Path, **settings: Any
+) -> dict[str, float]:
+    """``retention purge --plan FILE``: the plan file from a JSON dry run (not timed),
+    then the purge that applies it."""
+    worker = engine_module.Worker.from_settings(
+        load_settings(database_url=url, policy_dir=policies(work, days), now=now, **settings)
+    )
+    document = planfile.seal(report_document(engine_module.plan(worker, identify=True)))
+    path = work / "plan.json"
+    path.write_text(json.dumps(document))
+    started = time.perf_counter()
+    done = engine_module.purge(worker, allow_large_deletes=True, plan_file=planfile.read(path))
+    return {
+        "seconds": done.timings["delete"],
+        "plan": done.timings["plan"],
+        "total": time.perf_counter() - started,
+        "rows": sum(o.rows for o in done.outcomes),
+        "longest": done.timings.get("longest_batch", 0.0),
+    }
+
+
 def with_helpers(
     url: str, now: dt.datetime, days: int, work: Path, helpers: int, **settings: Any
 ) -> dict[str, float]:
@@ -365,6 +392,10 @@ def _approaches(
                 lambda u: retention_purge(u, now, days, work, delete_strategy="keyset"),
             )
         )
+        if args.plan:
+            approaches.append(
+                ("retention purge --plan (auto)", lambda u: reviewed_purge(u, now, days, work))
+            )
         if args.blocks:
             approaches.append(
                 (
@@ -411,6 +442,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--all-types", action="store_true", help="logs, datasets, experiments")
     parser.add_argument("--rules", action="store_true", help="a per-project rule each")
     parser.add_argument("--holds", type=int, default=0, help="held experiments (--all-types)")
+    parser.add_argument("--plan", action="store_true", help="also purge --plan of a dry run")
     return parser.parse_args()
 
 
@@ -462,14 +494,15 @@ def main() -> None:
         base = statistics.median(r["seconds"] for r in results["one DELETE statement"])
         print(
             f"{'approach (delete phase)':34} {'seconds':>8} {'rows':>9} {'x one-stmt':>10} "
-            f"{'WAL MB':>7} {'longest txn s':>13}"
+            f"{'WAL MB':>7} {'longest txn s':>13} {'plan s':>7}"
         )
         for name, runs in results.items():
             seconds = statistics.median(r["seconds"] for r in runs)
             print(
                 f"{name:34} {seconds:8.2f} {int(runs[0]['rows']):9d} {seconds / base:10.2f} "
                 f"{statistics.median(r['wal_mb'] for r in runs):7.0f} "
-                f"{max(r['longest'] for r in runs):13.3f}"
+                f"{max(r['longest'] for r in runs):13.3f} "
+                f"{statistics.median(r.get('plan', 0.0) for r in runs):7.2f}"
             )
         count, dry = statistics.median(counts), statistics.median(dries)
         print(f"dry run {dry:.3f} s vs exact grouped count {count:.3f} s: {dry / count:.2f}x")

@@ -306,6 +306,35 @@ def target_arrays(sweep: SweepSet, limits: Sequence[int] | None = None) -> Any:
     )
 
 
+def reviewed_pairs(reviewed: Sequence[frozenset[UUID] | None], name: str) -> Any:
+    """Applying a reviewed plan to a group: the ids each target's plan named, as a derived
+    table ``retention_<name> (i, id)`` (``i``: the target's place, from 1, as in
+    ``resolution_arrays``) to join by primary key; None without a plan. A group is all
+    under a plan or none of it (the run's)."""
+    if all(r is None for r in reviewed):
+        return None
+    if any(r is None for r in reviewed):
+        raise ValueError("targets of one group with and without a reviewed plan")
+    places: list[int] = []
+    ids: list[UUID] = []
+    for i, named in enumerate(reviewed, 1):
+        assert named is not None
+        for object_id in sorted(named):
+            places.append(i)
+            ids.append(object_id)
+    return (
+        func.unnest(
+            cast(bindparam(f"{name}_i", array_literal(places), type_=Text), ARRAY(BigInteger)),
+            cast(
+                bindparam(f"{name}_ids", array_literal(ids), type_=Text),
+                ARRAY(PG_UUID(as_uuid=True)),
+            ),
+        )
+        .table_valued("i", "id")
+        .render_derived(name=f"retention_{name}")
+    )
+
+
 def keys_digest(keys: Any) -> Any:
     """sha256 (hex) of an array of sequence ids, ascending, one per line: what receipts
     record (the same bytes as ``dataplane.keys_digest``).

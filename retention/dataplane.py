@@ -47,7 +47,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from .blocksweep import newest_of, resolution_arrays, up_to
+from .blocksweep import newest_of, resolution_arrays, reviewed_pairs, up_to
 from .errors import SchemaError
 from .models import BatchResult, Cursor, ObjectType, Resolution, SourceKind, TargetCounts
 from .tables import REQUIRED_COLUMNS, DataPlaneTables, pg_name
@@ -920,22 +920,18 @@ def delete_group(
 
 def groupable(resolutions: Sequence[Resolution]) -> list[Resolution]:
     """Targets the grouped deletes take (``delete_group``, ``delete_experiment_group``):
-    a cutoff; for experiments, none kept whole, no reviewed plan's list of experiments and
-    not an orphan's (its unregistered rows go too). Object holds are allowed: a group's
-    statements keep every object held in any of its targets (an object hold applies to
-    every target of its type, and object ids are unique, so this keeps nothing the
-    one-target form would delete)."""
+    a cutoff; for experiments, none kept whole and not an orphan's (its unregistered rows
+    go too). Object holds are allowed: a group's statements keep every object held in any
+    of its targets (an object hold applies to every target of its type, and object ids are
+    unique, so this keeps nothing the one-target form would delete). So is a reviewed
+    plan's list of experiments: each target's own list is joined (``reviewed_pairs``)."""
     return [
         r
         for r in resolutions
         if r.cutoff is not None
         and (
             r.object_type is not ObjectType.EXPERIMENT
-            or (
-                not r.kept_whole
-                and r.reviewed_objects is None
-                and (r.winner is None or r.winner.kind is not SourceKind.ORPHAN)
-            )
+            or (not r.kept_whole and (r.winner is None or r.winner.kind is not SourceKind.ORPHAN))
         )
     ]
 
@@ -952,25 +948,29 @@ def _experiment_group(resolutions: Sequence[Resolution]) -> list[Resolution]:
     return [r for r in groupable(resolutions) if r.object_type is ObjectType.EXPERIMENT]
 
 
-def _expired_of(
+def expired_of(
     tables: DataPlaneTables, arrays: Any, chosen: Sequence[Resolution], *columns: Any
 ) -> Select[Any]:
     """The registry's expired experiments of each target in ``arrays`` (``groupable``
     experiment targets), held ones excepted, with ``columns`` of ``arrays``: one join of
     the registry with the targets, not a search of the registry per target (the reference
-    registry has no index on ``project_id``)."""
+    registry has no index on ``project_id``). Applying a reviewed plan, only the
+    experiments it named for the target."""
     ob = tables.objects
+    source: Any = arrays
+    entry = and_(
+        ob.c.object_type == ObjectType.EXPERIMENT.value,
+        ob.c.project_id == arrays.c.p,
+        ob.c.created < arrays.c.cut,
+    )
+    reviewed = reviewed_pairs([r.reviewed_objects for r in chosen], "objects")
+    if reviewed is not None:  # only the experiments each target's plan named, by key
+        source = arrays.join(reviewed, reviewed.c.i == arrays.c.i)
+        entry = and_(entry, ob.c.object_id == reviewed.c.id)
     return (
         select(*columns, ob.c.object_id)
-        .select_from(arrays)
-        .join(
-            ob,
-            and_(
-                ob.c.object_type == ObjectType.EXPERIMENT.value,
-                ob.c.project_id == arrays.c.p,
-                ob.c.created < arrays.c.cut,
-            ),
-        )
+        .select_from(source)
+        .join(ob, entry)
         .where(not_held(ob.c.object_id, held_in(chosen)))
     )
 
@@ -1008,7 +1008,7 @@ def expired_experiment_ids_many(
     arrays = resolution_arrays(chosen)
     found: dict[tuple[UUID, str], list[UUID]] = {}
     for p, ty, object_id in conn.execute(
-        _expired_of(tables, arrays, chosen, arrays.c.p, arrays.c.ty)
+        expired_of(tables, arrays, chosen, arrays.c.p, arrays.c.ty)
     ):
         found.setdefault((p, ty), []).append(object_id)
     return {key: sorted(ids) for key, ids in found.items()}
@@ -1024,7 +1024,7 @@ def experiments_with_rows_left(
         return set()
     ev = tables.events
     arrays = resolution_arrays(chosen)
-    gone = _expired_of(tables, arrays, chosen, arrays.c.p, arrays.c.ty).subquery("retention_gone")
+    gone = expired_of(tables, arrays, chosen, arrays.c.p, arrays.c.ty).subquery("retention_gone")
     rows = exists().where(
         ev.c.object_type == ObjectType.EXPERIMENT.value,
         ev.c.object_id == gone.c.object_id,
@@ -1051,7 +1051,7 @@ def delete_experiment_group(
     newest = newest_of(chosen)
     held = held_in(chosen)
     arrays = resolution_arrays(chosen)
-    gone = _expired_of(tables, arrays, chosen, arrays.c.i, arrays.c.p, arrays.c.cut).subquery(
+    gone = expired_of(tables, arrays, chosen, arrays.c.i, arrays.c.p, arrays.c.cut).subquery(
         "retention_gone"
     )
     ranked = (
@@ -1059,6 +1059,7 @@ def delete_experiment_group(
             gone.c.i,
             gone.c.p,
             gone.c.cut,
+            gone.c.object_id,
             ev.c.sequence_id,
             func.row_number()
             .over(
@@ -1088,6 +1089,7 @@ def delete_experiment_group(
             # waited for its lock is kept unless it still qualifies)
             ev.c.project_id == picked.c.p,
             ev.c.object_type == kind,
+            ev.c.object_id == picked.c.object_id,  # (the experiment picked: a reviewed one)
             _still_expired(tables, ev.c.object_id, picked.c.p, picked.c.cut, held),
             up_to(ev, newest),
         )
@@ -1120,7 +1122,7 @@ def with_registry_left(
     ob = tables.objects
     arrays = resolution_arrays(chosen)
     query = (
-        _expired_of(tables, arrays, chosen, arrays.c.p, arrays.c.ty)
+        expired_of(tables, arrays, chosen, arrays.c.p, arrays.c.ty)
         .where(~_has_rows(tables, ob.c.object_id))
         .distinct()
     )
@@ -1142,7 +1144,7 @@ def delete_registry_group(
     held = held_in(chosen)
     arrays = resolution_arrays(chosen)
     ranked = (
-        _expired_of(
+        expired_of(
             tables,
             arrays,
             chosen,

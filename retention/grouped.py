@@ -230,12 +230,9 @@ def _marks(
 ) -> tuple[dict[str, segments.MarkResult], set[str]]:
     """The first mark batch of each of these targets (a group of one kind), and which of
     them have expired live segments left: in two statements when every one is groupable
-    without a reviewed plan's list of segments, else target by target."""
+    (applying a reviewed plan too: each its own plan's segments), else target by target."""
     resolutions = [t.resolution for t in targets]
-    together = all(r.reviewed_segments is None for r in resolutions) and len(
-        dataplane.groupable(resolutions)
-    ) == len(resolutions)
-    if not together:
+    if len(dataplane.groupable(resolutions)) != len(resolutions):
         marks = {
             t.key: segments.mark_batch(
                 ctx.conn, ctx.tables, t.resolution, None, ctx.batch_size, now

@@ -31,12 +31,13 @@ from sqlalchemy import (
     update,
 )
 
-from .blocksweep import resolution_arrays
+from .blocksweep import resolution_arrays, reviewed_pairs
 from .dataplane import (
     batchable,
     canonical_time,
     experiment_batchable,
     expired_experiments,
+    expired_of,
     groupable,
     held_in,
     not_held,
@@ -347,11 +348,7 @@ def expired_live_ids_many(
         if not mine:
             continue
         t = resolution_arrays(mine)
-        query = (
-            select(t.c.p, t.c.ty, sg.c.segment_id)
-            .select_from(t)
-            .join(sg, _group_expired(tables, mine, t))
-        )
+        query = _expired_segments(tables, mine, t, t.c.p, t.c.ty, sg.c.segment_id)
         for p, ty, segment_id in conn.execute(query):
             found.setdefault((p, ty), []).append(segment_id)
     return {key: sorted(ids) for key, ids in found.items()}
@@ -413,9 +410,53 @@ def _group_expired(
     )
 
 
+def _expired_segments(
+    tables: DataPlaneTables, chosen: Sequence[Resolution], t: Any, *columns: Any
+) -> Select[Any]:
+    """``columns`` of the live segments ``_group_expired`` takes for a group's arrays
+    ``t``. Applying a reviewed plan: only the segments each target's plan named, found by
+    key; of experiments, only those of an experiment its plan named or of none the
+    registry has (``expired`` with the plan's ``expired_experiments``), by two joins."""
+    sg = tables.segments
+    reviewed = reviewed_pairs([r.reviewed_segments for r in chosen], "segments")
+    if reviewed is None:
+        return select(*columns).select_from(t.join(sg, _group_expired(tables, chosen, t)))
+    named = t.join(reviewed, reviewed.c.i == t.c.i)
+    if chosen[0].object_type is not ObjectType.EXPERIMENT:
+        condition = and_(sg.c.segment_id == reviewed.c.id, _group_expired(tables, chosen, t))
+        return select(*columns).select_from(named.join(sg, condition))
+    arrays = resolution_arrays(chosen)
+    gone = expired_of(tables, arrays, chosen, arrays.c.i).subquery("retention_gone")
+    entry = tables.objects.alias("retention_entry")
+    of_target = and_(
+        sg.c.segment_id == reviewed.c.id,
+        sg.c.project_id == t.c.p,
+        sg.c.object_type == t.c.ty,
+        sg.c.state == LIVE,
+        sg.c.object_id.is_not(None),
+        not_held(sg.c.object_id, held_in(chosen)),
+    )
+    source = (
+        named.join(sg, of_target)
+        .outerjoin(gone, and_(gone.c.i == t.c.i, gone.c.object_id == sg.c.object_id))
+        .outerjoin(
+            entry,
+            and_(
+                entry.c.object_type == ObjectType.EXPERIMENT.value,
+                entry.c.object_id == sg.c.object_id,
+            ),
+        )
+    )
+    return (
+        select(*columns)
+        .select_from(source)
+        .where(or_(gone.c.object_id.is_not(None), entry.c.object_id.is_(None)))
+    )
+
+
 def _one_kind(resolutions: Sequence[Resolution]) -> list[Resolution]:
-    chosen = [r for r in groupable(resolutions) if r.reviewed_segments is None]
-    assert len(chosen) == len(resolutions), "only groupable targets, no reviewed segments"
+    chosen = groupable(resolutions)
+    assert len(chosen) == len(resolutions), "only groupable targets"
     kinds = {r.object_type is ObjectType.EXPERIMENT for r in chosen}
     assert len(kinds) <= 1, "a group is of one kind"
     return chosen
@@ -428,32 +469,38 @@ def mark_group(
     limit: int,
     clock: datetime,
 ) -> dict[Pair, MarkResult]:
-    """``mark_batch`` from the start for a group of targets of one kind (``groupable``,
-    no reviewed plan's segments) in one statement: up to ``limit`` each, in segment-id
-    order, re-checked in the UPDATE. Per target, marking searched the whole index of
-    segments (no index on project_id in the reference schema)."""
+    """``mark_batch`` from the start for a group of targets of one kind (``groupable``)
+    in one statement: up to ``limit`` each, in segment-id order, re-checked in the UPDATE.
+    Per target, marking searched the whole index of segments (no index on project_id in
+    the reference schema). Applying a reviewed plan, only segments it named are marked
+    (``_expired_segments``), and ``last`` is the last one marked."""
     chosen = _one_kind(resolutions)
     if not chosen:
         return {}
     sg = tables.segments
     t = resolution_arrays(chosen)
-    ranked = (
-        select(
-            t.c.i,
-            t.c.p,
-            t.c.ty,
-            t.c.cut,
-            sg.c.segment_id,
-            func.row_number().over(partition_by=t.c.i, order_by=sg.c.segment_id).label("n"),
-        )
-        .select_from(t)
-        .join(sg, _group_expired(tables, chosen, t))
-        .subquery("retention_ranked")
-    )
+    ranked = _expired_segments(
+        tables,
+        chosen,
+        t,
+        t.c.i,
+        t.c.p,
+        t.c.ty,
+        t.c.cut,
+        sg.c.segment_id,
+        sg.c.object_id,
+        func.row_number().over(partition_by=t.c.i, order_by=sg.c.segment_id).label("n"),
+    ).subquery("retention_ranked")
     picked = select(ranked).where(ranked.c.n <= limit).cte("retention_picked")
     statement = (
         update(sg)
-        .where(sg.c.segment_id == picked.c.segment_id, _group_expired(tables, chosen, picked))
+        .where(
+            sg.c.segment_id == picked.c.segment_id,
+            # re-checked: still of the object picked (under a plan, one it named), and
+            # still expired for the target
+            sg.c.object_id.is_not_distinct_from(picked.c.object_id),
+            _group_expired(tables, chosen, picked),
+        )
         .values(state=UNUSED, unused_at=clock)
         .returning(picked.c.i, sg.c.segment_id, sg.c.byte_size)
     )
@@ -476,12 +523,7 @@ def with_marks_left(
     if not chosen:
         return set()
     t = resolution_arrays(chosen)
-    query = (
-        select(t.c.p, t.c.ty)
-        .select_from(t)
-        .join(tables.segments, _group_expired(tables, chosen, t))
-        .distinct()
-    )
+    query = _expired_segments(tables, chosen, t, t.c.p, t.c.ty).distinct()
     return {(p, ty) for p, ty in conn.execute(query)}
 
 

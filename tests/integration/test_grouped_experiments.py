@@ -7,6 +7,8 @@ check; a hold added between the two transactions keeps its experiment's entry.""
 from __future__ import annotations
 
 import hashlib
+import json
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,10 +16,12 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+import sqlalchemy as sa
 
-from retention import dataplane
+from retention import dataplane, planfile, report
 from retention import engine as engine_module
 from retention.models import ObjectType, RunStatus
+from retention.planfile import PlanFile
 from tests.conftest import PgServer, engine_for
 from tests.integration.helpers import purge, worker, write_policies
 from tests.integration.worlds import CUTOFF_DAYS, world
@@ -311,3 +315,237 @@ def test_a_segment_without_an_object_id_is_not_marked_in_a_group(
     files = _state(pg_url)[2]
     assert files[str(nameless["segment_id"])] == "live"
     assert sorted(files.values()) == ["live", "unused"]
+
+
+def _reviewed_plan(url: str, policies: Path, path: Path, **settings: Any) -> PlanFile:
+    """A JSON dry run sealed into a plan file (what ``retention purge --plan`` applies)."""
+    document = planfile.seal(
+        report.report_document(engine_module.plan(worker(url, policies, **settings), identify=True))
+    )
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return planfile.read(path)
+
+
+def _after_the_plan(url: str, reviewed: PlanFile) -> None:
+    """Writes that come after a reviewed plan, in the purge that applies it (after its
+    drift check): none of them was reviewed, so none of them may be deleted or marked.
+
+    - an experiment registered since, expired, with a row and a live segment;
+    - a new live segment of an experiment the plan expires, and a backdated row of it;
+    - an experiment the plan expires moved to another project's registry entry (neither
+      target's plan named it for that project);
+    - an experiment the registry did not have (its segments planned as of none), now
+      registered, expired: its segments are now those of an experiment the plan did not
+      name."""
+    targets = [t for t in reviewed.document["targets"] if t["object_type"] == "experiment"]
+    named = [(t["project_id"], i) for t in targets for i in t["expired_object_ids"]]
+    assert len(named) >= 2, "a world with expired experiments"
+    old = NOW - timedelta(days=CUTOFF_DAYS + 200)
+    engine = engine_for(url)
+    late = Scenario()
+    project, experiment = UUID(named[0][0]), UUID(named[0][1])
+    fresh = UUID(int=0xFEED, version=4)
+    late.add_object("experiment", fresh, project, old)
+    late.add_event("experiment", fresh, project, old, "late-experiment")
+    for object_id, key in ((fresh, 0xFEE1), (experiment, 0xFEE2)):
+        late.add_segment(
+            "experiment", object_id, project, old, old, segment_id=UUID(int=key, version=4)
+        )
+    late.add_event("experiment", experiment, project, old, "late-row")
+    insert(engine, late)
+    moved_from, moved = named[-1]
+    to = next(t["project_id"] for t in targets if t["project_id"] != moved_from)
+    planned_segments = {i for t in targets for i in t["segment_ids"]}
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE objects SET project_id = %(to)s WHERE object_type = 'experiment' "
+            "AND object_id = %(e)s",
+            {"to": UUID(to), "e": UUID(moved)},
+        )
+        unregistered = conn.exec_driver_sql(
+            "SELECT DISTINCT s.object_id, s.project_id, s.segment_id FROM segments s "
+            "WHERE s.object_type = 'experiment' AND NOT EXISTS (SELECT 1 FROM objects o "
+            "WHERE o.object_type = 'experiment' AND o.object_id = s.object_id) "
+            "ORDER BY s.segment_id"
+        ).all()
+        late_ones = [r for r in unregistered if str(r[2]) in planned_segments]
+        if late_ones:
+            conn.exec_driver_sql(
+                "INSERT INTO objects (object_type, object_id, project_id, name, created) "
+                "VALUES ('experiment', %(e)s, %(p)s, 'late', %(c)s)",
+                {"e": late_ones[0][0], "p": late_ones[0][1], "c": old},
+            )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_applying_a_reviewed_plan_groups_and_deletes_only_what_it_names(
+    two_pg_urls: tuple[str, str],
+    tmp_path: Path,
+    seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``purge --plan``: experiment targets and segment marks go in groups, each target
+    joined with its own plan's experiments and segments. The result is exactly the
+    per-target path's under the same plan, with writes after the plan that nobody
+    reviewed (``_after_the_plan``) kept by both."""
+    from retention import segments
+
+    grouped_url, alone_url = two_pg_urls
+    scenario, _, holds = world(100 + seed, count=12, per_project=6)
+    for url in two_pg_urls:
+        insert(engine_for(url), scenario)
+    before = _keys(grouped_url)
+    days = {"project_logs": CUTOFF_DAYS, "experiment": CUTOFF_DAYS, "dataset": CUTOFF_DAYS}
+    policies = write_policies(tmp_path / "p", policy_toml(days, [], holds))
+    for row in scenario.segments:
+        path = tmp_path / "store" / row["object_key"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"segment")
+    store = f"file://{tmp_path / 'store'}"
+    reviewed = _reviewed_plan(grouped_url, policies, tmp_path / "plan.json", batch_size=500)
+    real = engine_module._delete
+    group_delete, group_mark = dataplane.delete_experiment_group, segments.mark_group
+    calls: dict[str, list[int]] = {"rows": [], "marks": [], "alone": []}
+    one_mark = segments.mark_batch
+
+    def late_then(url: str) -> Any:
+        def delete(*args):  # type: ignore[no-untyped-def]
+            _after_the_plan(url, reviewed)
+            return real(*args)
+
+        return delete
+
+    def rows(conn, tables, resolutions, limit):  # type: ignore[no-untyped-def]
+        assert all(r.reviewed_objects is not None for r in resolutions)
+        calls["rows"].append(len(resolutions))
+        return group_delete(conn, tables, resolutions, limit)
+
+    def marks(conn, tables, resolutions, limit, clock):  # type: ignore[no-untyped-def]
+        assert all(r.reviewed_segments is not None for r in resolutions)
+        calls["marks"].append(len(resolutions))
+        return group_mark(conn, tables, resolutions, limit, clock)
+
+    def mark_one(conn, tables, resolution, after, limit, clock):  # type: ignore[no-untyped-def]
+        calls["alone"].append(1)
+        return one_mark(conn, tables, resolution, after, limit, clock)
+
+    monkeypatch.setattr(engine_module, "_delete", late_then(grouped_url))
+    monkeypatch.setattr(dataplane, "delete_experiment_group", rows)
+    monkeypatch.setattr(segments, "mark_group", marks)
+    monkeypatch.setattr(segments, "mark_batch", mark_one)
+    settings = dict(batch_size=500, object_store_url=store)
+    done = engine_module.purge(worker(grouped_url, policies, **settings), plan_file=reviewed)
+    assert done.status is RunStatus.SUCCEEDED
+    assert max(calls["rows"]) >= 2 and max(calls["marks"]) >= 2
+    kept_whole = [o for o in done.outcomes if o.target.resolution.kept_whole]
+    assert len(calls["alone"]) <= 2 * len(kept_whole)  # (their marks: first and last batch)
+    monkeypatch.undo()
+    monkeypatch.setattr(engine_module, "_delete", late_then(alone_url))
+    keyset = engine_module.purge(
+        worker(alone_url, policies, delete_strategy="keyset", **settings), plan_file=reviewed
+    )
+    assert keyset.status is RunStatus.SUCCEEDED
+    assert _state(grouped_url) == _state(alone_url)
+    assert _per_target(done) == _per_target(keyset)
+    mine, theirs = _sums(grouped_url, policies), _sums(alone_url, policies)
+    assert {k: v[1:] for k, v in mine.items()} == {k: v[1:] for k, v in theirs.items()}
+    rows_left, entries, files = _state(grouped_url)
+    assert {"late-experiment", "late-row"} <= rows_left
+    assert ("experiment", str(UUID(int=0xFEED, version=4))) in entries
+    assert any(v[2] for v in mine.values())  # registry entries went
+    assert "unused" in files.values()
+    _check_experiment_receipts(grouped_url, policies, before)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "keyset"])
+@pytest.mark.parametrize(
+    ("table", "statement", "change"),
+    [
+        ("rows", "DELETE FROM events", "UPDATE events SET object_id = :y WHERE id = 'xa-0'"),
+        ("segments", "UPDATE segments", "UPDATE segments SET object_id = :y WHERE segment_id = :s"),
+    ],
+)
+def test_under_a_plan_a_row_or_segment_moved_to_an_experiment_nobody_reviewed_is_kept(
+    pg_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    strategy: str,
+    table: str,
+    statement: str,
+    change: str,
+) -> None:
+    """Applying a reviewed plan, a row (or segment) of a reviewed experiment is moved to
+    another expired experiment of the same project, registered since the plan, while the
+    DELETE (or the mark) waits for its lock: it is kept, as the experiment it now belongs
+    to was not reviewed; grouped (``auto``) as one target at a time (``keyset``)."""
+    from tests.integration.test_races import (
+        WAIT,
+        _in_background,
+        _open_transaction,
+        _scalar,
+        _wait_until,
+    )
+
+    def _waits_on_a_lock(url: str) -> Any:
+        """The worker waits on a lock (the group's statements are longer than the text
+        ``pg_stat_activity`` keeps, and only one lock is held here)."""
+        return lambda: (
+            _scalar(
+                url,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'retention' AND wait_event_type = 'Lock'",
+            )
+            == 1
+        )
+
+    old = NOW - timedelta(days=90)
+    a, b = UUID(int=1, version=4), UUID(int=2, version=4)
+    xa, xb, ya = (UUID(int=100 + i, version=4) for i in range(3))
+    s = Scenario()
+    for project, experiment, name in ((a, xa, "xa"), (b, xb, "xb")):
+        s.add_object("experiment", experiment, project, old)
+        for i in range(2):
+            s.add_event("experiment", experiment, project, old, f"{name}-{i}")
+    segment = s.add_segment("experiment", xa, a, old, old)["segment_id"]
+    s.add_segment("experiment", xb, b, old, old)
+    engine = engine_for(pg_url)
+    insert(engine, s)
+    for row in s.segments:
+        path = tmp_path / "store" / row["object_key"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"segment")
+    policies = write_policies(tmp_path / "p", policy_toml({"experiment": 30}))
+    settings = dict(object_store_url=f"file://{tmp_path / 'store'}", delete_strategy=strategy)
+    reviewed = _reviewed_plan(pg_url, policies, tmp_path / "plan.json", **settings)
+    real = engine_module._delete
+    late = Scenario()
+    late.add_object("experiment", ya, a, old)
+    ready = threading.Event()
+
+    with _open_transaction(pg_url) as other:
+
+        def delete(*args):  # type: ignore[no-untyped-def]
+            insert(engine, late)  # registered after the plan's drift check
+            other.execute(sa.text(change), {"y": ya, "s": segment})
+            ready.set()
+            return real(*args)
+
+        monkeypatch.setattr(engine_module, "_delete", delete)
+        w = worker(pg_url, policies, **settings)
+        with _in_background(lambda: engine_module.purge(w, plan_file=reviewed)) as running:
+            assert ready.wait(WAIT)
+            _wait_until(_waits_on_a_lock(pg_url), f"the lock wait of {statement}", running)
+            other.commit()
+            done = running.result(timeout=WAIT)
+
+    assert done.status is RunStatus.SUCCEEDED
+    files = _state(pg_url)[2]
+    if table == "rows":
+        assert surviving_rows(engine) == {"xa-0"}  # now ya's
+        assert registry(engine) == {("experiment", str(ya))}  # xa's rows are gone
+        assert sorted(files.values()) == ["unused", "unused"]
+    else:
+        assert surviving_rows(engine) == set()
+        assert registry(engine) == {("experiment", str(ya))}
+        assert files[str(segment)] == "live"  # now ya's
+        assert sorted(files.values()) == ["live", "unused"]
