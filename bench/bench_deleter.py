@@ -28,8 +28,9 @@ one-statement DELETE measured in the same run, with the longest transaction of e
   --plan         also `retention purge --plan FILE`: a JSON dry run written to a plan file
                  (not timed), then the purge applying it (the reviewed workflow)
   --segments     a segment per 10 days of each logs and dataset object and two per
-                 experiment in the index, and a file:// store: the purges mark the expired
-                 ones too (the one DELETE does not; no file is swept: a day's grace)
+                 experiment, in the index and as empty files of a file:// store: the purges
+                 mark the expired ones too (the one DELETE does not; nothing is swept within
+                 the day's grace)
 
 Also: the dry run against an exact grouped count(*) of the expired rows. Not part of the
 test command.
@@ -376,6 +377,11 @@ def load(tmpl: str, rows: int, partitioned: bool, projects: int = PROJECTS) -> d
         if SHAPE["store"] is not None:
             for statement in SEGMENTS.split(";"):
                 conn.exec_driver_sql(statement)
+            # the files (empty): a sweep checks that live segments' files are there
+            store = Path(SHAPE["store"].removeprefix("file://"))
+            for (key,) in conn.exec_driver_sql("SELECT object_key FROM segments"):
+                (store / key).parent.mkdir(parents=True, exist_ok=True)
+                (store / key).touch()
     engine = make_engine(parse_database_url(tmpl))
     migrate.upgrade(engine)
     engine.dispose()

@@ -128,6 +128,64 @@ def marks_kept(
     )
 
 
+def unused_pairs(conn: Connection, tables: DataPlaneTables) -> set[Pair]:
+    """The (project, object type) pairs that have an unused segment: one pass over the
+    index, so that ``marks_kept`` is asked only of targets that have one."""
+    sg = tables.segments
+    query = select(sg.c.project_id, sg.c.object_type).where(sg.c.state == UNUSED).distinct()
+    return {(p, ty) for p, ty in conn.execute(query)}
+
+
+def marks_kept_many(
+    conn: Connection, tables: DataPlaneTables, resolutions: Sequence[Resolution]
+) -> dict[Pair, list[SegmentFile]]:
+    """``marks_kept`` for many targets in a statement per kind (PostgreSQL): those
+    ``groupable`` without a reviewed plan's list of experiments (the others are missing:
+    ask ``marks_kept``). Per target, it searched the whole index of segments. A segment
+    is kept unless the group's condition says it expires: one it cannot judge (a NULL) is
+    kept, never swept."""
+    chosen = [
+        r
+        for r in groupable(resolutions)
+        if r.object_type is not ObjectType.EXPERIMENT or r.reviewed_objects is None
+    ]
+    sg = tables.segments
+    found: dict[Pair, list[SegmentFile]] = {}
+    for experiments in (False, True):
+        mine = [r for r in chosen if (r.object_type is ObjectType.EXPERIMENT) is experiments]
+        if not mine:
+            continue
+        t = resolution_arrays(mine)
+        held = held_in(mine)
+        if experiments:
+            gone: ColumnElement[bool] = _experiment_gone(tables, t, held)
+        else:
+            gone = sg.c.max_created < t.c.cut
+        query = (
+            select(t.c.p, t.c.ty, *_file_columns(sg), and_(gone, not_held(sg.c.object_id, held)))
+            .select_from(t)
+            .join(
+                sg,
+                and_(sg.c.project_id == t.c.p, sg.c.object_type == t.c.ty, sg.c.state == UNUSED),
+            )
+        )
+        for p, ty in ((r.project_id, r.object_type.value) for r in mine):
+            found[(p, ty)] = []
+        for row in conn.execute(query):
+            if row[-1] is not True:
+                found[(row[0], row[1])].append(
+                    SegmentFile(
+                        segment_id=row[2],
+                        key=row[3],
+                        bytes=int(row[4]),
+                        project_id=row[5],
+                        object_type=row[6],
+                        unused_at=row[7],
+                    )
+                )
+    return found
+
+
 def expired_among(
     conn: Connection, tables: DataPlaneTables, resolution: Resolution, ids: Sequence[UUID]
 ) -> set[UUID]:

@@ -196,9 +196,16 @@ def restore_kept(
     run's own, and are taken back from its checkpoints. Returns those, by target."""
     covered = by_pair(resolutions).keys()
     revived: list[SegmentFile] = []
-    for resolution in resolutions:
-        with conn.begin():
-            kept = segments.marks_kept(conn, tables, resolution)
+    with conn.begin():  # (only targets with an unused segment; most together)
+        unused = segments.unused_pairs(conn, tables)
+        mine = [r for r in resolutions if (r.project_id, r.object_type.value) in unused]
+        many = conn.dialect.name == "postgresql"
+        found = segments.marks_kept_many(conn, tables, mine) if many else {}
+    for resolution in mine:
+        kept = found.get((resolution.project_id, resolution.object_type.value))
+        if kept is None:
+            with conn.begin():
+                kept = segments.marks_kept(conn, tables, resolution)
         why = "kept now (a longer policy or a hold) since it was marked"
         revived += _revive(conn, tables, store, run_id, clock, kept, why, since)
     with conn.begin():
