@@ -125,6 +125,43 @@ def test_an_expired_experiment_with_rows_under_another_project_is_kept_whole(
     assert any(str(X) in warning and "another project" in warning for warning in first.warnings)
 
 
+def test_an_expired_experiment_with_a_segment_under_another_project_is_kept_whole(
+    db_url: str, tmp_path: Path, file_store: FileStore
+) -> None:
+    """The same for a segment: X's rows are all under P, one of its segment files is
+    indexed under Q. X is kept whole (rows, both segments, registry entry); Y, filed
+    consistently, expires as usual. (The plan finds such experiments by joining the
+    segments with the registry once, not per experiment.)"""
+    from retention import dataplane
+
+    y = UUID("e2000000-0000-4000-8000-000000000002")
+    engine = engine_for(db_url)
+    s = Scenario()
+    s.add_object("experiment", X, P, day(100))
+    s.add_event("experiment", X, P, day(99), "x-row")
+    s.add_object("experiment", y, P, day(100))
+    s.add_event("experiment", y, P, day(99), "y-row")
+    mine = s.add_segment("experiment", X, P, day(99), day(98))
+    theirs = s.add_segment("experiment", X, Q, day(99), day(98))
+    s.add_segment("experiment", y, P, day(99), day(98))
+    insert(engine, s)
+    for row in s.segments:
+        file_store.write(row["object_key"])
+    policies = write_policies(tmp_path / "p", policy_toml(defaults={"experiment": 30}))
+    w = worker(db_url, policies, grace_period="0", **file_store.settings())
+    with engine.connect() as conn:
+        found = dataplane.misfiled_experiments(conn, w.tables)
+    assert [(p, x) for p, x, _ in found] == [(P, X)]
+
+    first = purge(w)
+
+    assert surviving_rows(engine) == {"x-row"}
+    assert registry(engine) == {("experiment", str(X))}
+    assert file_store.exists(mine["object_key"]) and file_store.exists(theirs["object_key"])
+    assert sum(o.objects for o in first.outcomes) == 1
+    assert any(str(X) in warning and "another project" in warning for warning in first.warnings)
+
+
 def test_purge_orphans_deletes_rows_of_unregistered_experiments(
     db_url: str,
     tmp_path: Path,
