@@ -469,18 +469,28 @@ def _group_expired(
 
 
 def _expired_segments(
-    tables: DataPlaneTables, chosen: Sequence[Resolution], t: Any, *columns: Any
+    tables: DataPlaneTables,
+    chosen: Sequence[Resolution],
+    t: Any,
+    *columns: Any,
+    among: Sequence[frozenset[UUID]] | None = None,
 ) -> Select[Any]:
     """``columns`` of the live segments ``_group_expired`` takes for a group's arrays
-    ``t``. Applying a reviewed plan: only the segments each target's plan named, found by
-    key; of experiments, only those of an experiment its plan named or of none the
-    registry has (``expired`` with the plan's ``expired_experiments``), by two joins."""
+    ``t``: of all segments, or ``among`` each target's given ones (found by key, not by
+    reading the whole segments index). Applying a reviewed plan: only the segments each
+    target's plan named, found by key; of experiments, only those of an experiment its
+    plan named or of none the registry has (``expired`` with the plan's
+    ``expired_experiments``), by two joins."""
     sg = tables.segments
-    reviewed = reviewed_pairs([r.reviewed_segments for r in chosen], "segments")
+    plan = [r.reviewed_segments for r in chosen]
+    reviewed = reviewed_pairs(plan, "segments")
+    if reviewed is None and among is not None:
+        reviewed = reviewed_pairs(among, "segments")
+        plan = [None] * len(chosen)
     if reviewed is None:
         return select(*columns).select_from(t.join(sg, _group_expired(tables, chosen, t)))
     named = t.join(reviewed, reviewed.c.i == t.c.i)
-    if chosen[0].object_type is not ObjectType.EXPERIMENT:
+    if chosen[0].object_type is not ObjectType.EXPERIMENT or plan[0] is None:
         condition = and_(sg.c.segment_id == reviewed.c.id, _group_expired(tables, chosen, t))
         return select(*columns).select_from(named.join(sg, condition))
     arrays = resolution_arrays(chosen)
@@ -526,12 +536,15 @@ def mark_group(
     resolutions: Sequence[Resolution],
     limit: int,
     clock: datetime,
+    among: Sequence[frozenset[UUID]] | None = None,
 ) -> dict[Pair, MarkResult]:
     """``mark_batch`` from the start for a group of targets of one kind (``groupable``)
     in one statement: up to ``limit`` each, in segment-id order, re-checked in the UPDATE.
     Per target, marking searched the whole index of segments (no index on project_id in
     the reference schema). Applying a reviewed plan, only segments it named are marked
-    (``_expired_segments``), and ``last`` is the last one marked."""
+    (``_expired_segments``), and ``last`` is the last one marked; so it is when ``among``
+    gives each target's expired segments found beforehand (``expired_live_ids_many``),
+    which are then looked up by key."""
     chosen = _one_kind(resolutions)
     if not chosen:
         return {}
@@ -548,6 +561,7 @@ def mark_group(
         sg.c.segment_id,
         sg.c.object_id,
         func.row_number().over(partition_by=t.c.i, order_by=sg.c.segment_id).label("n"),
+        among=among,
     ).subquery("retention_ranked")
     picked = select(ranked).where(ranked.c.n <= limit).cte("retention_picked")
     statement = (

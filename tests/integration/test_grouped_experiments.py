@@ -549,3 +549,73 @@ def test_under_a_plan_a_row_or_segment_moved_to_an_experiment_nobody_reviewed_is
         assert registry(engine) == {("experiment", str(ya))}
         assert files[str(segment)] == "live"  # now ya's
         assert sorted(files.values()) == ["live", "unused"]
+
+
+def _two_projects_with_segments(url: str, tmp_path: Path) -> tuple[list[UUID], Path, str]:
+    """Two projects, each with expired logs rows, an expired and a young logs segment, and
+    an expired experiment with a segment; the files in a store."""
+    s = Scenario()
+    projects = [UUID(int=i + 1, version=4) for i in range(2)]
+    old, young = NOW - timedelta(days=90), NOW - timedelta(days=1)
+    for i, p in enumerate(projects):
+        s.add_object("project_logs", p, p, NOW - timedelta(days=400))
+        s.add_event("project_logs", p, p, old, f"{i}-old")
+        s.add_segment("project_logs", p, p, old, old)
+        s.add_segment("project_logs", p, p, young, young)
+        e = UUID(int=100 + i, version=4)
+        s.add_object("experiment", e, p, old)
+        s.add_event("experiment", e, p, old, f"{i}-experiment")
+        s.add_segment("experiment", e, p, old, old)
+    insert(engine_for(url), s)
+    for row in s.segments:
+        path = tmp_path / "store" / row["object_key"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"segment")
+    days = {"project_logs": 30, "experiment": 30}
+    return projects, write_policies(tmp_path / "p", policy_toml(days)), f"file://{tmp_path}/store"
+
+
+def test_a_segment_written_after_its_group_looked_is_still_marked(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups mark the expired segments found for their chunk beforehand, by key. An
+    expired segment written after that (and one changed so that it no longer expires)
+    does not slip by: the chunk's last look finds the new one, its target goes back to
+    its segments phase and the per-target path marks it; the changed one stays live."""
+    from retention import segments
+
+    projects, policies, store = _two_projects_with_segments(pg_url, tmp_path)
+    old = NOW - timedelta(days=80)
+    real = segments.expired_live_ids_many
+    late_id, young_id = UUID(int=0xFEED, version=4), []
+
+    def then_a_new_one(conn, tables, resolutions):  # type: ignore[no-untyped-def]
+        found = real(conn, tables, resolutions)
+        late = Scenario()
+        late.add_segment("project_logs", projects[0], projects[0], old, old, segment_id=late_id)
+        insert(engine_for(pg_url), late)
+        changed = found[(projects[1], "project_logs")][0]
+        young_id.append(changed)
+        with engine_for(pg_url).begin() as other:
+            other.exec_driver_sql(
+                "UPDATE segments SET max_created = %(at)s WHERE segment_id = %(s)s",
+                {"at": NOW, "s": changed},
+            )
+        return found
+
+    monkeypatch.setattr(segments, "expired_live_ids_many", then_a_new_one)
+    done = purge(worker(pg_url, policies, object_store_url=store))
+    assert done.status is RunStatus.SUCCEEDED
+    files = _state(pg_url)[2]
+    assert files[str(late_id)] == "unused"
+    assert files[str(young_id[0])] == "live"
+    marked = {o.target.key: o.segments for o in done.outcomes}
+    assert marked == {
+        f"{projects[0]}/project_logs": 2,
+        f"{projects[0]}/experiment": 1,
+        f"{projects[1]}/project_logs": 0,
+        f"{projects[1]}/experiment": 1,
+    }
+    assert sorted(files.values()).count("unused") == 4
+    assert surviving_rows(engine_for(pg_url)) == set()
+    assert registry(engine_for(pg_url)) == {("project_logs", str(p)) for p in projects}
