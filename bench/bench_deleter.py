@@ -3,7 +3,7 @@
     python bench/bench_deleter.py [--rows 1000000] [--steady | --partitioned] [--repeat 2]
                                   [--fast] [--memory-only] [--workers N] [--connections N]
                                   [--projects 50] [--blocks] [--all-types] [--rules] [--holds N]
-                                  [--plan] [--segments]
+                                  [--plan] [--segments] [--no-keyset]
 
 Starts a throwaway PostgreSQL cluster (durable settings unless --fast), loads the reference
 schema with ROWS log rows of 50 projects (--projects) interleaved on the heap, `created`
@@ -31,6 +31,7 @@ one-statement DELETE measured in the same run, with the longest transaction of e
                  experiment, in the index and as empty files of a file:// store: the purges
                  mark the expired ones too (the one DELETE does not; nothing is swept within
                  the day's grace)
+  --no-keyset    leave out the purge with every target alone (RETENTION_DELETE_STRATEGY=keyset)
 
 Also: the dry run against an exact grouped count(*) of the expired rows. Not part of the
 test command.
@@ -418,12 +419,13 @@ def _approaches(
             )
         )
     else:
-        approaches.append(
-            (
-                "retention purge (keyset)",
-                lambda u: retention_purge(u, now, days, work, delete_strategy="keyset"),
+        if not args.no_keyset:
+            approaches.append(
+                (
+                    "retention purge (keyset)",
+                    lambda u: retention_purge(u, now, days, work, delete_strategy="keyset"),
+                )
             )
-        )
         if args.plan:
             approaches.append(
                 ("retention purge --plan (auto)", lambda u: reviewed_purge(u, now, days, work))
@@ -476,6 +478,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--holds", type=int, default=0, help="held experiments (--all-types)")
     parser.add_argument("--plan", action="store_true", help="also purge --plan of a dry run")
     parser.add_argument("--segments", action="store_true", help="segments to mark, a store")
+    parser.add_argument(
+        "--no-keyset", action="store_true", help="not the keyset purge (hours at 10,000 projects)"
+    )
     return parser.parse_args()
 
 

@@ -10,7 +10,10 @@ it; the group's segments are marked in the same transaction. Experiment targets 
 grouped the same way (the rows of their expired experiments), and then their registry
 entries go in a second transaction, after the rows committed, as the per-target path does
 it: a data plane has an experiment target for every project, and two transactions for
-each were most of a purge over thousands of projects. A target that turns out to have
+each were most of a purge over thousands of projects. Segments are marked by key among
+those found for a chunk of groups in one pass before it (``CHUNK``), and a last pass per
+chunk sends a target with one written meanwhile back to its segments phase; applying a
+reviewed plan, among those its plan named. A target that turns out to have
 more rows than a batch, or that a hold added during the run now covers, is left where it
 stands for the per-target path in ``deleter``, which resumes it from its checkpoint.
 """
@@ -108,9 +111,10 @@ def purge_small_targets(
         chunk = planned[start : start + CHUNK]
         known = _known_segments(ctx, [t for g in chunk for t in g])
         step = partial(_group, known=known)
+        stop = False
         for these in chunk:
-            if ctx.should_stop():
-                return out
+            if stop := ctx.should_stop():
+                break
             group = _unheld(ctx, these)
             if not _transaction(ctx, group, step, out):
                 continue
@@ -120,8 +124,10 @@ def purge_small_targets(
             ready = [t for t in group if out.checkpoints[t.key].phase is Phase.REGISTRY]
             if ready and not ctx.should_stop():
                 _transaction(ctx, _unheld(ctx, ready), _registry_group, out)
-        if known is not None:
+        if known is not None:  # (also when stopping: a resumed run goes on from the phases)
             _left_behind(ctx, [t for g in chunk for t in g], out)
+        if stop:
+            break
     return out
 
 
