@@ -108,6 +108,8 @@ def purge_small_targets(
     out = Grouped(dict(found))
     planned = groups(targets, ctx.batch_size)
     for start in range(0, len(planned), CHUNK):
+        if ctx.should_stop():
+            break
         chunk = planned[start : start + CHUNK]
         known = _known_segments(ctx, [t for g in chunk for t in g])
         step = partial(_group, known=known)
@@ -144,8 +146,14 @@ def _known_segments(ctx: BatchContext, targets: list[Target]) -> dict[Pair, froz
     resolutions = [t.resolution for t in targets]
     if not ctx.mark_segments or any(r.reviewed_segments is not None for r in resolutions):
         return None
-    with ctx.conn.begin():
-        found = segments.expired_live_ids_many(ctx.conn, ctx.tables, resolutions)
+    try:
+        with ctx.conn.begin():
+            found = segments.expired_live_ids_many(ctx.conn, ctx.tables, resolutions)
+    except DBAPIError as error:
+        if not timed_out(error):
+            raise
+        log.warning("segments of %d small targets: timeout; each group looks alone", len(targets))
+        return None
     return {key: frozenset(ids) for key, ids in found.items()}
 
 
@@ -160,25 +168,33 @@ def _left_behind(ctx: BatchContext, targets: list[Target], out: Grouped) -> None
         and out.checkpoints[t.key].phase in (Phase.REGISTRY, Phase.DONE)
         and dataplane.groupable([t.resolution])
     ]
-    left: set[Pair] = set()
-    with ctx.conn.begin():
-        for experiments in (False, True):
-            mine = [
-                t.resolution
-                for t in finished
-                if (t.object_type is ObjectType.EXPERIMENT) is experiments
-            ]
-            if mine:
-                left |= segments.with_marks_left(ctx.conn, ctx.tables, mine)
-        back = [
-            replace(out.checkpoints[t.key], phase=Phase.SEGMENTS, segment_cursor=None)
-            for t in finished
-            if (t.project_id, t.object_type.value) in left
-        ]
-        if back:
-            state.update_checkpoints(ctx.conn, ctx.run_id, back, clock=ctx.clock())
+    if not finished:
+        return
+    left: set[Pair] | None = set()
+    try:
+        with ctx.conn.begin():
+            for experiments in (False, True):
+                mine = [
+                    t.resolution
+                    for t in finished
+                    if (t.object_type is ObjectType.EXPERIMENT) is experiments
+                ]
+                if mine and left is not None:
+                    left |= segments.with_marks_left(ctx.conn, ctx.tables, mine)
+    except DBAPIError as error:
+        if not timed_out(error):
+            raise
+        log.warning("segments of %d small targets: timeout; each looks again", len(finished))
+        left = None  # not known: every one looks again alone (exact, slower)
+    back = [
+        replace(out.checkpoints[t.key], phase=Phase.SEGMENTS, segment_cursor=None)
+        for t in finished
+        if left is None or (t.project_id, t.object_type.value) in left
+    ]
     if back:
-        log.info("%d targets have expired segments written during the run: marked alone", len(back))
+        with ctx.conn.begin():
+            state.update_checkpoints(ctx.conn, ctx.run_id, back, clock=ctx.clock())
+        log.info("%d targets have expired segments to look for again: marked alone", len(back))
     out.checkpoints.update((c.target, c) for c in back)
 
 
@@ -333,7 +349,12 @@ def _marks(
             if marks[t.key].segments < len(ids) <= ctx.batch_size
         ]
         left = segments.with_marks_left(ctx.conn, ctx.tables, unsure) if unsure else set()
-        return marks, more | {t.key for t in targets if (t.project_id, t.object_type.value) in left}
+        unfinished = more | {t.key for t in targets if (t.project_id, t.object_type.value) in left}
+        # the per-target path goes on from the start (what was marked is no longer live):
+        # an expired segment not among those found may have a lower id than the last marked
+        for key in unfinished:
+            marks[key] = replace(marks[key], last=None)
+        return marks, unfinished
     found = segments.mark_group(ctx.conn, ctx.tables, resolutions, ctx.batch_size, now)
     marks = {t.key: found.get((t.project_id, t.object_type.value), none) for t in targets}
     short = [t.resolution for t in targets if marks[t.key].segments < ctx.batch_size]

@@ -525,6 +525,9 @@ def _expired_segments(
 def _one_kind(resolutions: Sequence[Resolution]) -> list[Resolution]:
     chosen = groupable(resolutions)
     assert len(chosen) == len(resolutions), "only groupable targets"
+    if any(r.reviewed_objects is not None and r.reviewed_segments is None for r in chosen):
+        # (a plan names both: its segments are what ties the experiments' ones to it)
+        raise ValueError("a target with a reviewed plan's experiments and not its segments")
     kinds = {r.object_type is ObjectType.EXPERIMENT for r in chosen}
     assert len(kinds) <= 1, "a group is of one kind"
     return chosen

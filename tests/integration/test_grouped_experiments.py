@@ -619,3 +619,84 @@ def test_a_segment_written_after_its_group_looked_is_still_marked(
     assert sorted(files.values()).count("unused") == 4
     assert surviving_rows(engine_for(pg_url)) == set()
     assert registry(engine_for(pg_url)) == {("project_logs", str(p)) for p in projects}
+
+
+def test_a_segment_with_a_lower_id_written_before_the_group_is_marked(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One of the segments found for a target goes (compacted away) before its group,
+    and a new expired one with a lower id than the others comes: the group marks what is
+    left of those found, sees that it marked fewer, finds the new one, and the per-target
+    path marks it from the start of the index (not after the last one the group marked,
+    which would pass it by)."""
+    from retention import segments
+
+    p = UUID(int=1, version=4)
+    old = NOW - timedelta(days=90)
+    s = Scenario()
+    s.add_object("project_logs", p, p, NOW - timedelta(days=400))
+    s.add_event("project_logs", p, p, old, "old")
+    first, second, new = (UUID(int=n, version=4) for n in (0x10, 0x20, 0x05))
+    for segment_id in (first, second):
+        s.add_segment("project_logs", p, p, old, old, segment_id=segment_id)
+    insert(engine_for(pg_url), s)
+    store = tmp_path / "store"
+    for row in s.segments:
+        (store / row["object_key"]).parent.mkdir(parents=True, exist_ok=True)
+        (store / row["object_key"]).write_bytes(b"segment")
+    policies = write_policies(tmp_path / "p", policy_toml({"project_logs": 30}))
+    real = segments.expired_live_ids_many
+
+    def then_compacted(conn, tables, resolutions):  # type: ignore[no-untyped-def]
+        found = real(conn, tables, resolutions)
+        assert found[(p, "project_logs")] == [first, second]
+        with engine_for(pg_url).begin() as other:
+            other.exec_driver_sql("DELETE FROM segments WHERE segment_id = %(s)s", {"s": first})
+        late = Scenario()
+        late.add_segment("project_logs", p, p, old, old, segment_id=new)
+        insert(engine_for(pg_url), late)
+        return found
+
+    monkeypatch.setattr(segments, "expired_live_ids_many", then_compacted)
+    done = purge(worker(pg_url, policies, object_store_url=f"file://{store}"))
+    assert done.status is RunStatus.SUCCEEDED
+    assert _state(pg_url)[2] == {str(second): "unused", str(new): "unused"}
+    assert [o.segments for o in done.outcomes] == [2]
+
+
+@pytest.mark.parametrize("where", ["before the chunk", "after the chunk"])
+def test_a_timeout_looking_for_a_chunks_segments_marks_them_all_the_same(
+    pg_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+) -> None:
+    """The chunk's one look at the segments index gives up on a statement timeout: the
+    run goes on, each group looking for its own segments (before), or every target of
+    the chunk looking again alone (after); every expired segment is marked either way."""
+    import psycopg
+
+    from retention import segments
+
+    _, policies, store = _two_projects_with_segments(pg_url, tmp_path)
+    name = "expired_live_ids_many" if where == "before the chunk" else "with_marks_left"
+    real = getattr(segments, name)
+    calls: list[int] = []
+
+    def times_out(conn, tables, resolutions):  # type: ignore[no-untyped-def]
+        calls.append(len(resolutions))
+        if len(calls) == 1 and (name == "expired_live_ids_many" or len(resolutions) == 2):
+            cause = psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+            raise sa.exc.OperationalError("SELECT", {}, cause)
+        return real(conn, tables, resolutions)
+
+    monkeypatch.setattr(segments, name, times_out)
+    done = purge(worker(pg_url, policies, object_store_url=store))
+    assert done.status is RunStatus.SUCCEEDED
+    said = "each group looks alone" if name == "expired_live_ids_many" else "each looks again"
+    assert any(said in r.getMessage() for r in caplog.records)
+    files = _state(pg_url)[2]
+    assert sorted(files.values()) == ["live", "live", "unused", "unused", "unused", "unused"]
+    assert sorted(o.segments for o in done.outcomes) == [1, 1, 1, 1]
+    assert surviving_rows(engine_for(pg_url)) == set()
