@@ -12,6 +12,7 @@ and the sources give the policies, so tests control all three.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -580,6 +581,21 @@ def _guard_settings(
     )
 
 
+@contextlib.contextmanager
+def _out_of_the_collector() -> Iterator[None]:
+    """Everything made before the deletes (the plan, a reviewed plan file: millions of
+    objects at 10,000 projects) left out of the garbage collector's full passes while the
+    batches run, and put back after. Each such pass over them took 0.2-0.5 s inside some
+    batch's transaction: the longest batch of a 10,000-project ``purge --plan`` was 0.55 s
+    against a 0.2 s target."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@_out_of_the_collector()
 def _delete(
     conn: Connection,
     ctx: BatchContext,
