@@ -248,7 +248,10 @@ def retention_purge(
 ) -> dict[str, float]:
     worker = engine_module.Worker.from_settings(_settings(url, work, days, now, **settings))
     started = time.perf_counter()
-    report = engine_module.purge(worker, allow_large_deletes=True)
+    return _measured(engine_module.purge(worker, allow_large_deletes=True), started)
+
+
+def _measured(report: Any, started: float) -> dict[str, float]:
     return {
         "seconds": report.timings["delete"],
         "plan": report.timings["plan"],
@@ -269,13 +272,7 @@ def reviewed_purge(
     path.write_text(json.dumps(document))
     started = time.perf_counter()
     done = engine_module.purge(worker, allow_large_deletes=True, plan_file=planfile.read(path))
-    return {
-        "seconds": done.timings["delete"],
-        "plan": done.timings["plan"],
-        "total": time.perf_counter() - started,
-        "rows": sum(o.rows for o in done.outcomes),
-        "longest": done.timings.get("longest_batch", 0.0),
-    }
+    return _measured(done, started)
 
 
 def with_helpers(

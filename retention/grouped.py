@@ -108,17 +108,15 @@ def purge_small_targets(
     out = Grouped(dict(found))
     planned = groups(targets, ctx.batch_size)
     for start in range(0, len(planned), CHUNK):
-        if ctx.should_stop():
-            break
         chunk = planned[start : start + CHUNK]
-        known = _known_segments(ctx, [t for g in chunk for t in g])
-        step = partial(_group, known=known)
-        stop = False
+        looked, known, stop = False, None, False
         for these in chunk:
             if stop := ctx.should_stop():
                 break
+            if not looked:  # (once the chunk's first group goes: none when stopping)
+                looked, known = True, _known_segments(ctx, [t for g in chunk for t in g])
             group = _unheld(ctx, these)
-            if not _transaction(ctx, group, step, out):
+            if not _transaction(ctx, group, partial(_group, known=known), out):
                 continue
             # experiments: their registry entries in a transaction of their own, after
             # their rows committed (as the per-target path does); only the targets whose

@@ -173,16 +173,7 @@ def marks_kept_many(
             found[(p, ty)] = []
         for row in conn.execute(query):
             if row[-1] is not True:
-                found[(row[0], row[1])].append(
-                    SegmentFile(
-                        segment_id=row[2],
-                        key=row[3],
-                        bytes=int(row[4]),
-                        project_id=row[5],
-                        object_type=row[6],
-                        unused_at=row[7],
-                    )
-                )
+                found[(row[0], row[1])].append(_file(row[2:-1]))
     return found
 
 
@@ -246,17 +237,19 @@ def _file_columns(sg: Any) -> tuple[Any, ...]:
 
 
 def _files(conn: Connection, query: Select[Any]) -> list[SegmentFile]:
-    return [
-        SegmentFile(
-            segment_id=r[0],
-            key=r[1],
-            bytes=int(r[2]),
-            project_id=r[3],
-            object_type=r[4],
-            unused_at=r[5],
-        )
-        for r in conn.execute(query)
-    ]
+    return [_file(r) for r in conn.execute(query)]
+
+
+def _file(r: Any) -> SegmentFile:
+    """A segment from the ``_file_columns`` of a row."""
+    return SegmentFile(
+        segment_id=r[0],
+        key=r[1],
+        bytes=int(r[2]),
+        project_id=r[3],
+        object_type=r[4],
+        unused_at=r[5],
+    )
 
 
 def straddling(tables: DataPlaneTables, resolution: Resolution) -> ColumnElement[bool]:
