@@ -37,6 +37,14 @@ def two_pg_urls(pg_server: PgServer, pg_template: str) -> Iterator[tuple[str, st
         pg_server.drop(name)
 
 
+def _files(store: Path, scenario: Scenario) -> None:
+    """The files of the scenario's segments, in a ``file://`` store's folder."""
+    for row in scenario.segments:
+        path = store / row["object_key"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"segment")
+
+
 def _state(url: str) -> tuple[set[str], set[tuple[str, str]], dict[str, str]]:
     engine = engine_for(url)
     with engine.connect() as conn:
@@ -83,10 +91,7 @@ def test_grouped_experiments_delete_exactly_what_the_per_target_path_does(
     days = {"project_logs": CUTOFF_DAYS, "experiment": CUTOFF_DAYS, "dataset": CUTOFF_DAYS}
     shorter = [(projects[2], {"experiment": 10})]
     policies = write_policies(tmp_path / "p", policy_toml(days, shorter, holds))
-    for row in scenario.segments:  # the files of the segments, in the store
-        path = tmp_path / "store" / row["object_key"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"segment")
+    _files(tmp_path / "store", scenario)
     store = f"file://{tmp_path / 'store'}"
     groups: list[int] = []
     alone: list[str] = []
@@ -305,10 +310,7 @@ def test_a_segment_without_an_object_id_is_not_marked_in_a_group(
             "UPDATE segments SET object_id = NULL WHERE segment_id = %(s)s",
             {"s": nameless["segment_id"]},
         )
-    for row in s.segments:
-        path = tmp_path / "store" / row["object_key"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"segment")
+    _files(tmp_path / "store", s)
     policies = write_policies(tmp_path / "p", policy_toml({"experiment": 30}))
     done = purge(worker(pg_url, policies, object_store_url=f"file://{tmp_path / 'store'}"))
     assert done.status is RunStatus.SUCCEEDED
@@ -397,10 +399,7 @@ def test_applying_a_reviewed_plan_groups_and_deletes_only_what_it_names(
     before = _keys(grouped_url)
     days = {"project_logs": CUTOFF_DAYS, "experiment": CUTOFF_DAYS, "dataset": CUTOFF_DAYS}
     policies = write_policies(tmp_path / "p", policy_toml(days, [], holds))
-    for row in scenario.segments:
-        path = tmp_path / "store" / row["object_key"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"segment")
+    _files(tmp_path / "store", scenario)
     store = f"file://{tmp_path / 'store'}"
     reviewed = _reviewed_plan(grouped_url, policies, tmp_path / "plan.json", batch_size=500)
     real = engine_module._delete
@@ -510,10 +509,7 @@ def test_under_a_plan_a_row_or_segment_moved_to_an_experiment_nobody_reviewed_is
     s.add_segment("experiment", xb, b, old, old)
     engine = engine_for(pg_url)
     insert(engine, s)
-    for row in s.segments:
-        path = tmp_path / "store" / row["object_key"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"segment")
+    _files(tmp_path / "store", s)
     policies = write_policies(tmp_path / "p", policy_toml({"experiment": 30}))
     settings = dict(object_store_url=f"file://{tmp_path / 'store'}", delete_strategy=strategy)
     reviewed = _reviewed_plan(pg_url, policies, tmp_path / "plan.json", **settings)
@@ -567,10 +563,7 @@ def _two_projects_with_segments(url: str, tmp_path: Path) -> tuple[list[UUID], P
         s.add_event("experiment", e, p, old, f"{i}-experiment")
         s.add_segment("experiment", e, p, old, old)
     insert(engine_for(url), s)
-    for row in s.segments:
-        path = tmp_path / "store" / row["object_key"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"segment")
+    _files(tmp_path / "store", s)
     days = {"project_logs": 30, "experiment": 30}
     return projects, write_policies(tmp_path / "p", policy_toml(days)), f"file://{tmp_path}/store"
 
@@ -641,9 +634,7 @@ def test_a_segment_with_a_lower_id_written_before_the_group_is_marked(
         s.add_segment("project_logs", p, p, old, old, segment_id=segment_id)
     insert(engine_for(pg_url), s)
     store = tmp_path / "store"
-    for row in s.segments:
-        (store / row["object_key"]).parent.mkdir(parents=True, exist_ok=True)
-        (store / row["object_key"]).write_bytes(b"segment")
+    _files(store, s)
     policies = write_policies(tmp_path / "p", policy_toml({"project_logs": 30}))
     real = segments.expired_live_ids_many
 
